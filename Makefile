@@ -1,0 +1,43 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STORE ?= ./galaxy-data
+DEMO_N ?= 600
+
+.PHONY: install demo test lint format clean
+
+install: $(STAMP)
+
+# torch first, from the pinned wheels; then the project and its dev tools.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/galaxy-pipeline synth --store $(STORE) --n $(DEMO_N) --incoming-batches 2 --batch-size 100 --seed 7
+	$(BIN)/galaxy-pipeline labels summarize $(STORE)/raw/synthetic/labels.csv
+	$(BIN)/galaxy-pipeline models list
+	@echo
+	@echo "Synthetic survey images:  $(STORE)/raw/synthetic/images/"
+	@echo "Vote table (Kaggle fmt):  $(STORE)/raw/synthetic/labels.csv"
+	@echo "New survey batches:       $(STORE)/incoming/"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(STORE) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,5 @@
+"""Prefect 3 flows that orchestrate ``galaxy_models``: ingest, train, classify and export.
+
+Each flow is a short story of typed tasks; the work itself lives in the library, which does not
+import Prefect. The flows arrive with the issues that build them.
+"""

@@ -1,0 +1,1 @@
+"""galaxy-pipeline library: labels, storage, models, synthetic surveys (no Prefect imports)."""
