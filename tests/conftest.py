@@ -1,0 +1,71 @@
+"""Shared fixtures: an S3 server over HTTP (moto), stores on both backends, the real GZ2 data."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from galaxy_models.storage import LocalStore, S3Config, S3Store, Store
+
+GZ2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "gz2"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_config() -> Iterator[S3Config]:
+    """A moto S3 server on a free loopback port, reached over HTTP like MinIO would be."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield S3Config(
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            access_key_id="testing",
+            secret_access_key="testing",  # type: ignore[arg-type]
+            max_attempts=2,
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_config: S3Config) -> str:
+    """A fresh, empty bucket on the moto server."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_config.endpoint_url,
+        region_name=s3_config.region_name,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The same tests, once against a local directory and once against S3 over HTTP."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    config = request.getfixturevalue("s3_config")
+    return S3Store(request.getfixturevalue("s3_bucket"), "galaxy-data", config)
+
+
+@pytest.fixture
+def gz2_dir() -> Path:
+    if not (GZ2_DIR / "labelled" / "training_solutions_rev1.csv").is_file():
+        pytest.skip(f"real GZ2 data not found at {GZ2_DIR} (it lives in ../shared/gz2 beside the checkout)")
+    return GZ2_DIR
