@@ -151,4 +151,5 @@ def test_a_small_cnn_learns_the_classes(tmp_path: Path) -> None:
     model.eval()
     with torch.no_grad():
         accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
+    print(f"synthetic test accuracy {accuracy:.3f}")
     assert accuracy > 0.6, f"accuracy {accuracy:.2f} on the synthetic test split"
