@@ -96,13 +96,15 @@ class Store(ABC):
         """All keys starting with ``prefix`` (a string prefix, as in S3), sorted."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes:
-        """The whole object. Raises ``KeyNotFoundError`` if absent."""
-
-    @abstractmethod
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
-        """A binary stream over the object, for data too large to hold at once."""
+        """A binary stream over the object, for data too large to hold at once.
+        Raises ``KeyNotFoundError`` if absent."""
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object. Raises ``KeyNotFoundError`` if absent."""
+        with self.open_read(key) as stream:
+            return stream.read()
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -167,10 +169,6 @@ class LocalStore(Store):
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.open_read(key) as stream:
-            return stream.read()
 
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
@@ -296,10 +294,6 @@ class S3Store(Store):
             ):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.open_read(key) as stream:
-            return stream.read()
 
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
