@@ -29,9 +29,7 @@ def measure(n: int, workers: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=600, help="images per measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/synth.json"))
     args = parser.parse_args()

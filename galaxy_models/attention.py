@@ -71,9 +71,7 @@ class CBAM(nn.Module):
         return self.spatial(self.channel(x))
 
 
-def attention_factory(
-    name: str | None, *, reduction: int = 16, kernel_size: int = 7
-) -> AttentionFactory | None:
+def attention_factory(name: str | None, *, reduction: int = 16, kernel_size: int = 7) -> AttentionFactory | None:
     """The bottleneck hook for an attention setting: ``None`` (plain ResNet) or ``"cbam"``."""
     if name is None:
         return None

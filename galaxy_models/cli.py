@@ -13,7 +13,9 @@ app = typer.Typer(help="Galaxy morphology classification pipeline (GZ2, CS_ResNe
 labels_app = typer.Typer(help="Galaxy Zoo 2 vote tables and Table I labels.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered model architectures.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
+datasets_app = typer.Typer(help="Dataset versions (WebDataset shards + manifest).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
 
@@ -23,9 +25,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
@@ -129,6 +129,76 @@ def synth(
     typer.echo(f"vote table: {report.labels_key}; Table I classes: {report.label_counts}")
     for batch_id, size in report.batches.items():
         typer.echo(f"incoming batch {batch_id}: {size} images")
+
+
+@app.command()
+def ingest(
+    images: Annotated[str, typer.Option(help="folder of <GalaxyID>.jpg images: local path or s3://bucket/prefix")],
+    labels: Annotated[str, typer.Option(help="Kaggle-format vote table: local path or s3://bucket/key")],
+    store: Annotated[str, typer.Option(help="store URI to write datasets/<name>/<version>/ into")],
+    name: Annotated[str, typer.Option(help="dataset name")] = "gz2",
+    seed: Annotated[int, typer.Option(help="seed of the stratified split")] = 0,
+    samples_per_shard: Annotated[int, typer.Option(help="samples per WebDataset shard")] = 1000,
+    workers: Annotated[int | None, typer.Option(help="image threads (default: 2 per core)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Label, split, check, crop and shard a survey into a dataset version (no Prefect server needed)."""
+    from pydantic import ValidationError
+
+    from galaxy_models.ingest import IngestConfig
+    from galaxy_models.ingest import ingest as run_ingest
+    from galaxy_models.reports import ingest_summary, split_table
+    from galaxy_models.storage import StorageError
+
+    try:
+        config = IngestConfig(
+            images=images,
+            labels=labels,
+            store=store,
+            name=name,
+            seed=seed,
+            samples_per_shard=samples_per_shard,
+            workers=workers or 2 * (os.cpu_count() or 1),
+        )
+        result = run_ingest(config, progress=not as_json)
+    except ValidationError as err:
+        raise _fail(str(err)) from err
+    except (ValueError, StorageError, OSError) as err:
+        raise _fail(str(err)) from err
+    manifest = result.manifest
+    if as_json:
+        typer.echo(json.dumps(ingest_summary(manifest, result.manifest_uri)))
+        return
+    table = split_table(manifest)
+    typer.echo(_table(list(table[0]), [[str(v) for v in row.values()] for row in table]))
+    c = manifest.counts
+    typer.echo(
+        f"\n{c.images_listed} images listed: {c.sharded} sharded, {c.quarantined} quarantined, "
+        f"{c.without_label} without a vote-table row, {c.without_class} without a Table I class"
+    )
+    for entry in manifest.quarantine[:20]:
+        typer.echo(f"  quarantined {entry.source_key}: {entry.reason}")
+    state = "written" if result.created else "already complete, nothing written"
+    typer.echo(f"dataset {manifest.name}/{manifest.version} ({state}): {result.manifest_uri}")
+
+
+@datasets_app.command("verify")
+def datasets_verify(
+    store: Annotated[str, typer.Option(help="store URI")],
+    name: Annotated[str, typer.Option(help="dataset name")] = "gz2",
+    version: Annotated[str | None, typer.Option(help="dataset version (default: newest complete)")] = None,
+) -> None:
+    """Check every shard of a dataset version against its manifest (size, sha256, sample keys)."""
+    from galaxy_models.shards import read_manifest, verify_dataset
+    from galaxy_models.storage import StorageError, open_store
+
+    try:
+        target = open_store(store)
+        manifest = read_manifest(target, name, version)
+        checked = verify_dataset(target, manifest)
+    except (ValueError, StorageError, OSError) as err:
+        raise _fail(str(err)) from err
+    typer.echo(f"{manifest.name}/{manifest.version}: {checked} shards match the manifest")
 
 
 if __name__ == "__main__":

@@ -133,8 +133,7 @@ def validate_votes(frame: pd.DataFrame) -> None:
         not_finite = ~np.isfinite(values)
         if not_finite.any():
             raise ValueError(
-                f"column {column!r} has missing, non-numeric or infinite values: "
-                f"{_describe_rows(frame, not_finite)}"
+                f"column {column!r} has missing, non-numeric or infinite values: {_describe_rows(frame, not_finite)}"
             )
         outside = (values < -RANGE_TOLERANCE) | (values > 1.0 + RANGE_TOLERANCE)
         if outside.any():

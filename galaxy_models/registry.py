@@ -61,9 +61,7 @@ def resnet_tiny(*, num_classes: int = 5) -> ResNet:
 @register
 def cs_resnet_tiny(*, num_classes: int = 5) -> ResNet:
     """``resnet_tiny`` with CBAM in every bottleneck."""
-    return ResNet(
-        layers=(1, 1, 1, 1), num_classes=num_classes, base_width=16, attention=attention_factory("cbam")
-    )
+    return ResNet(layers=(1, 1, 1, 1), num_classes=num_classes, base_width=16, attention=attention_factory("cbam"))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -82,9 +82,7 @@ class ResNet(nn.Module):
             stride = 1 if index == 0 else 2
             stage = []
             for block in range(blocks):
-                stage.append(
-                    Bottleneck(channels, width, stride=stride if block == 0 else 1, attention=attention)
-                )
+                stage.append(Bottleneck(channels, width, stride=stride if block == 0 else 1, attention=attention))
                 channels = width * Bottleneck.expansion
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)

@@ -73,9 +73,7 @@ class S3Config(BaseModel):
     """How to reach S3. Unset fields fall through to boto3's own resolution (environment variables
     such as ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``, config files, roles)."""
 
-    endpoint_url: str | None = Field(
-        None, description="e.g. http://minio:9000; None = AWS or AWS_ENDPOINT_URL"
-    )
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000; None = AWS or AWS_ENDPOINT_URL")
     region_name: str | None = Field(None, description="None = AWS_DEFAULT_REGION / profile")
     access_key_id: str | None = Field(None, description="None = environment or instance role")
     secret_access_key: SecretStr | None = None
@@ -96,10 +94,17 @@ class Store(ABC):
         """All keys starting with ``prefix`` (a string prefix, as in S3), sorted."""
 
     @abstractmethod
+    def open_stream(self, key: str) -> IO[bytes]:
+        """A binary stream over the object; the caller closes it. Raises ``KeyNotFoundError`` if absent."""
+
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
-        """A binary stream over the object, for data too large to hold at once.
-        Raises ``KeyNotFoundError`` if absent."""
+        """``open_stream`` as a context manager, for data too large to hold at once."""
+        stream = self.open_stream(key)
+        try:
+            yield stream
+        finally:
+            stream.close()
 
     def read_bytes(self, key: str) -> bytes:
         """The whole object. Raises ``KeyNotFoundError`` if absent."""
@@ -170,14 +175,11 @@ class LocalStore(Store):
                     keys.append(key)
         return sorted(keys)
 
-    @contextlib.contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_stream(self, key: str) -> IO[bytes]:
         try:
-            stream = self.path(key).open("rb")
+            return self.path(key).open("rb")
         except (FileNotFoundError, NotADirectoryError) as err:
             raise KeyNotFoundError(f"no object {key!r} in {self.uri}") from err
-        with stream:
-            yield stream
 
     def _temp_path(self, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -289,28 +291,19 @@ class S3Store(Store):
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
         with self._errors(prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
-            ):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
-    @contextlib.contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_stream(self, key: str) -> IO[bytes]:
         with self._errors(key):
             body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
-        try:
-            with self._errors(key):
-                yield cast(IO[bytes], body)  # botocore's StreamingBody reads like a binary file
-        finally:
-            body.close()
+        return cast(IO[bytes], body)  # botocore's StreamingBody reads like a binary file
 
     def write_bytes(self, key: str, data: bytes) -> None:
         if len(data) >= self._multipart_threshold:
             with self._errors(key):
-                self.client.upload_fileobj(
-                    io.BytesIO(data), self.bucket, self._full(key), Config=self._transfer
-                )
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._full(key), Config=self._transfer)
             return
         with self._errors(key):
             self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
@@ -342,8 +335,7 @@ class S3Store(Store):
             # 412: the object exists; 409: a concurrent conditional write to the key is in flight.
             if isinstance(cause, ClientError) and (
                 cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
-                or cause.response.get("Error", {}).get("Code")
-                in ("PreconditionFailed", "ConditionalRequestConflict")
+                or cause.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
             ):
                 return False
             raise

@@ -53,14 +53,10 @@ class SynthConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> SynthConfig:
         if any(f < 0 for f in self.class_fractions) or not np.isclose(sum(self.class_fractions), 1.0):
-            raise ValueError(
-                f"class_fractions must be non-negative and sum to 1, got {self.class_fractions!r}"
-            )
+            raise ValueError(f"class_fractions must be non-negative and sum to 1, got {self.class_fractions!r}")
         total = self.n + self.incoming_batches * self.batch_size
         if total > _ID_RANGE[1] - _ID_RANGE[0]:
-            raise ValueError(
-                f"{total} galaxies requested; at most {_ID_RANGE[1] - _ID_RANGE[0]} fit the ID space"
-            )
+            raise ValueError(f"{total} galaxies requested; at most {_ID_RANGE[1] - _ID_RANGE[0]} fit the ID space")
         return self
 
     def batch_id(self, index: int) -> str:
@@ -130,9 +126,7 @@ def _rendered(jobs: list[_Job], workers: int) -> Iterator[tuple[str, bytes]]:
         yield from pool.imap(_render, jobs, chunksize=16)
 
 
-def synthesize_survey(
-    config: SynthConfig, *, store: Store | None = None, progress: bool = True
-) -> SynthReport:
+def synthesize_survey(config: SynthConfig, *, store: Store | None = None, progress: bool = True) -> SynthReport:
     """Render the planned survey into the store; the vote table is written after all its images."""
     store = store or open_store(config.store)
     labelled, batches = _plan(config)

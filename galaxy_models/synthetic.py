@@ -83,9 +83,9 @@ def _edge_on(rng: np.random.Generator) -> list[Component]:
         flux=flux * (1 - bulge_fraction),
         gsparams=_GSPARAMS,
     ).rotate(beta)
-    bulge = galsim.Sersic(
-        n=2.0, half_light_radius=0.25 * hlr, flux=flux * bulge_fraction, gsparams=_GSPARAMS
-    ).shear(q=float(rng.uniform(0.6, 0.9)), beta=beta + 90 * galsim.degrees)
+    bulge = galsim.Sersic(n=2.0, half_light_radius=0.25 * hlr, flux=flux * bulge_fraction, gsparams=_GSPARAMS).shear(
+        q=float(rng.uniform(0.6, 0.9)), beta=beta + 90 * galsim.degrees
+    )
     stamp = _stamp_size(hlr_px, 8.0)
     return [Component(disk, YOUNG_STARS * 0.9 + OLD_STARS * 0.1, stamp=stamp), Component(bulge, OLD_STARS)]
 
@@ -142,9 +142,7 @@ def _neighbours(rng: np.random.Generator) -> list[Component]:
     if rng.random() < 0.3:
         radius, angle = rng.uniform(70, 200), rng.uniform(0, 2 * np.pi)
         hlr = float(rng.uniform(0.8, 2.5))
-        galaxy = galsim.Exponential(
-            half_light_radius=hlr, flux=_total_flux(rng, hlr / PIXEL_SCALE), gsparams=_GSPARAMS
-        )
+        galaxy = galsim.Exponential(half_light_radius=hlr, flux=_total_flux(rng, hlr / PIXEL_SCALE), gsparams=_GSPARAMS)
         galaxy = galaxy.shear(q=float(rng.uniform(0.3, 1.0)), beta=_angle(rng))
         found.append(Component(galaxy, OLD_STARS, (radius * np.cos(angle), radius * np.sin(angle)), stamp=64))
     return found

@@ -30,9 +30,7 @@ def test_labels_summarize_real_gz2_json(gz2_dir: Path) -> None:
 
 
 def test_labels_summarize_table(gz2_dir: Path) -> None:
-    result = runner.invoke(
-        app, ["labels", "summarize", str(gz2_dir / "labelled" / "training_solutions_rev1.csv")]
-    )
+    result = runner.invoke(app, ["labels", "summarize", str(gz2_dir / "labelled" / "training_solutions_rev1.csv")])
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert any(line.startswith("2 cigar") and " 116 " in line for line in lines)

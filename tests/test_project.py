@@ -13,14 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_library_does_not_import_prefect() -> None:
     modules = sorted(p.stem for p in (ROOT / "galaxy_models").glob("*.py") if p.stem != "__init__")
-    code = (
-        "import sys\n"
-        + "".join(f"import galaxy_models.{m}\n" for m in modules)
-        + "print('prefect' in sys.modules)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
+    code = "import sys\n" + "".join(f"import galaxy_models.{m}\n" for m in modules) + "print('prefect' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"
 
 
