@@ -5,21 +5,26 @@ worker -> open (local file or S3 stream) -> tar members -> samples -> sample shu
 batch -> transform -> ``WebLoader``. Errors re-raise by default: a truncated shard stops the run
 instead of silently losing the rest of it.
 
-Augmentation follows the paper (rotation, flips, brightness and contrast, standardisation) but runs
-on whole batches as tensor operations rather than image by image, which is most of this loader's
-speed. Training loaders repeat their shards and stop after the same number of batches on every
-rank, as DDP requires.
+Augmentation follows the paper (rotation, flips, brightness and contrast, standardisation): the
+rotation and flips act on each 8-bit image in Pillow, brightness, contrast and standardisation on
+the whole batch as one in-place multiply-add; with the pre-cropped 224 JPEGs (3.6x fewer pixels to
+decode) that is where this loader's speed comes from.
+
+Training loaders repeat their shards and stop after the same number of batches on every rank,
+as DDP requires.
 """
 
 from __future__ import annotations
 
-import math
+import io
+import random
 from functools import partial
 from typing import Any, Literal
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 import webdataset as wds
+from PIL import Image
 from pydantic import BaseModel, Field
 from torchvision.io import decode_jpeg
 
@@ -31,6 +36,9 @@ class Augmentation(BaseModel):
     """Training augmentation strengths (the paper names the kinds, not the amounts)."""
 
     rotation: bool = Field(True, description="uniform random rotation in [0, 360) degrees")
+    interpolation: Literal["nearest", "bilinear"] = Field(
+        "nearest", description="rotation resampling; nearest is torchvision's default and 13x cheaper"
+    )
     flips: bool = Field(True, description="random horizontal and vertical flips")
     brightness: float = Field(0.2, ge=0.0, lt=1.0, description="factor drawn from [1-b, 1+b]")
     contrast: float = Field(0.2, ge=0.0, lt=1.0, description="factor drawn from [1-c, 1+c]")
@@ -50,42 +58,48 @@ class Preprocessing(BaseModel):
 
 def standardize(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """uint8 (N, 3, H, W) or float in [0, 1] -> standardised float32."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.clone()
     mean = torch.tensor(preprocessing.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
 
 
-def augment(images: torch.Tensor, augmentation: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random rotation, flips, brightness and contrast on a uint8 batch; returns float in [0, 1]."""
-    x = images.float() / 255.0
-    n = x.shape[0]
+def orient(image: Image.Image, augmentation: Augmentation, rng: random.Random) -> Image.Image:
+    """Random rotation and flips of one uint8 image (Pillow, before batching: 8-bit pixels are cheap)."""
     if augmentation.rotation:
-        angle = torch.rand(n, generator=generator) * (2 * math.pi)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        zero = torch.zeros(n)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if augmentation.flips:
-        flip_h = torch.rand(n, generator=generator) < 0.5
-        flip_v = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(flip_h.view(n, 1, 1, 1), x.flip(3), x)
-        x = torch.where(flip_v.view(n, 1, 1, 1), x.flip(2), x)
-    if augmentation.brightness:
-        b = augmentation.brightness
-        x = x * (1 - b + 2 * b * torch.rand(n, 1, 1, 1, generator=generator))
-    if augmentation.contrast:
-        c = augmentation.contrast
-        factor = 1 - c + 2 * c * torch.rand(n, 1, 1, 1, generator=generator)
-        grey = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - grey) * factor + grey
-    return x.clamp_(0.0, 1.0)
+        resample = Image.Resampling.NEAREST if augmentation.interpolation == "nearest" else Image.Resampling.BILINEAR
+        image = image.rotate(rng.uniform(0.0, 360.0), resample=resample)
+    if augmentation.flips and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if augmentation.flips and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return image
+
+
+def jitter(images: torch.Tensor, augmentation: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random brightness then contrast per image of a uint8 batch; float in [0, 1] out.
+
+    Both are affine in the pixel values, so they collapse into one multiply-add per image
+    (``(b*x - b*g) * c + b*g`` with g the image's mean), done in place on the whole batch.
+    """
+    x = images.float().div_(255.0)
+    n = x.shape[0]
+    b = 1 - augmentation.brightness + 2 * augmentation.brightness * torch.rand(n, 1, 1, 1, generator=generator)
+    c = 1 - augmentation.contrast + 2 * augmentation.contrast * torch.rand(n, 1, 1, 1, generator=generator)
+    grey = x.mean(dim=(1, 2, 3), keepdim=True)
+    return x.mul_(b * c).add_((1 - c) * b * grey).clamp_(0.0, 1.0)
 
 
 def _decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
     image = decode_jpeg(torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8))
     return image, int(sample["cls"])
+
+
+def _decode_oriented(sample: dict[str, Any], augmentation: Augmentation) -> tuple[torch.Tensor, int]:
+    # Python's random is seeded per DataLoader worker by PyTorch, so runs are reproducible.
+    with Image.open(io.BytesIO(sample["jpg"]), formats=["JPEG"]) as image:
+        oriented = orient(image.convert("RGB"), augmentation, random)  # type: ignore[arg-type]
+    return torch.from_numpy(np.asarray(oriented).copy()).permute(2, 0, 1), int(sample["cls"])
 
 
 def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +111,7 @@ def _train_batch(
     batch: tuple[torch.Tensor, torch.Tensor], augmentation: Augmentation, preprocessing: Preprocessing
 ) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = batch
-    return standardize(augment(images, augmentation), preprocessing), labels
+    return standardize(jitter(images, augmentation), preprocessing), labels
 
 
 def _eval_batch(
@@ -132,7 +146,7 @@ def make_loader(
     """A loader over one split of a dataset version.
 
     Training (``train=True``): shards shuffled by (seed, epoch) identically on every rank, split across
-    ranks and workers, samples shuffled, augmented, full batches only, and exactly
+    ranks (``distributed``) and workers, samples shuffled, augmented, full batches only, and exactly
     ``split_size // (batch_size * world_size)`` batches on every rank. Evaluation: every sample once,
     in shard order, last batch partial; with ``distributed`` the ranks share the shards.
 
@@ -148,16 +162,18 @@ def make_loader(
             f"split {split!r} of {manifest.name}/{manifest.version} has {len(urls)} shards for {world} ranks; "
             "ingest with a smaller samples_per_shard"
         )
-    own_shards = len(urls[rank::world])
+    if train:  # the same permutation on every rank, new each epoch, before the ranks take their share
+        urls = [urls[i] for i in np.random.default_rng([seed, epoch]).permutation(len(urls))]
+    # The rank split happens here, not in a pipeline stage: DataLoader workers do not see the process
+    # group, so webdataset's split_by_node would give every rank every shard.
+    own = urls[rank::world]
     # A worker without shards would spin forever in a repeating pipeline: never start more than there are.
-    workers = min(workers, own_shards)
+    workers = min(workers, len(own))
     handler = wds.reraise_exception if on_error == "raise" else wds.warn_and_continue
     preprocessing = Preprocessing.from_manifest(manifest)
-    stages: list[Any] = [wds.SimpleShardList(urls)]
-    if train:
-        stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch))
-    if distributed:
-        stages.append(wds.split_by_node)
+    stages: list[Any] = [wds.SimpleShardList(own)]
+    if train:  # reshuffled on every pass of the repeating pipeline
+        stages.append(wds.detshuffle(bufsize=len(own), initial=len(own), seed=seed + 1000 * rank, epoch=epoch))
     stages += [
         wds.split_by_worker,
         partial(iter_shard_streams, s3_opener=s3_opener),

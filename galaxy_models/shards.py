@@ -33,7 +33,7 @@ class ShardInfo(BaseModel):
     classes: dict[str, int]
     sha256: str
     size_bytes: int
-    keys: list[str] = Field(description="sample keys (GalaxyIDs) in shard order")
+    sample_keys: list[str] = Field(description="sample keys (GalaxyIDs) in shard order")
 
 
 class QuarantineEntry(BaseModel):
@@ -164,7 +164,7 @@ class _ShardUploader:
                 classes=dict(sorted(classes.items())),
                 sha256=_sha256_file(path),
                 size_bytes=path.stat().st_size,
-                keys=keys,
+                sample_keys=keys,
             )
             self.store.upload_file(key, path)
             self.shards.append(info)
@@ -231,7 +231,7 @@ def verify_dataset(store: Store, manifest: DatasetManifest, splits: Iterable[str
                 f"(expected {shard.size_bytes} bytes, {shard.sha256[:12]}...)"
             )
         keys = list(dict.fromkeys(n.partition(".")[0] for n in names))
-        if keys != shard.keys:
+        if keys != shard.sample_keys:
             raise CorruptShardError(f"shard {shard.key} holds {len(keys)} samples, the manifest lists {shard.samples}")
         checked += 1
     return checked
@@ -276,10 +276,12 @@ class S3Opener:
 
 def register_s3_scheme(config: S3Config | None = None) -> S3Opener:
     """Let webdataset open ``s3://`` URLs through boto3 (``wds.WebDataset("s3://b/x-000000.tar")``)."""
-    import webdataset.gopen
+    import importlib
 
+    # ``webdataset.gopen`` the attribute is a function; the scheme table lives in the module of that name.
+    gopen_module = importlib.import_module("webdataset.gopen")
     opener = S3Opener(config)
-    webdataset.gopen.gopen_schemes["s3"] = opener
+    gopen_module.gopen_schemes["s3"] = opener
     return opener
 
 

@@ -1,0 +1,134 @@
+"""Shard loader vs a folder-of-JPEGs loader: training samples/s with the same workers, same run.
+
+Both read the training split, centre-crop to 224, apply the paper's augmentation (rotation, flips,
+brightness, contrast, standardisation) and batch. The baseline is the usual ImageFolder recipe:
+one 424x424 JPEG per sample decoded with Pillow, torchvision transforms image by image. Ours reads
+pre-cropped 224x224 JPEGs from WebDataset shards, rotates and flips the 8-bit image in Pillow and
+does brightness, contrast and standardisation on whole batches. Both rotate with nearest-neighbour
+resampling (torchvision's default). Uses the real GZ2 data in ../shared/gz2 when present, else a synthetic survey.
+
+    .venv/bin/python benchmarks/loader.py [--workers 2] [--batch-size 64] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from galaxy_models.data import make_loader
+from galaxy_models.ingest import IngestConfig, ingest, load_labels
+from galaxy_models.shards import DatasetManifest
+from galaxy_models.storage import LocalStore
+from galaxy_models.survey import SynthConfig, synthesize_survey
+
+GZ2 = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "labelled"
+
+
+class JpegFolder(Dataset):
+    """The ImageFolder-style baseline: path -> Pillow decode -> per-image transforms."""
+
+    def __init__(self, items: list[tuple[Path, int]], mean: list[float], std: list[float]) -> None:
+        self.items = items
+        self.transform = v2.Compose(
+            [
+                v2.CenterCrop(224),
+                v2.RandomRotation(180, interpolation=v2.InterpolationMode.NEAREST),  # torchvision's default
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+                v2.ColorJitter(brightness=0.2, contrast=0.2),
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean, std),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[index]
+        with Image.open(path) as image:
+            return self.transform(image.convert("RGB")), label
+
+
+def timed(loader: object, epochs: int) -> dict[str, float]:
+    """Samples/s over whole epochs, worker start-up included (a training run pays it too)."""
+    samples, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for images, _labels in loader:  # type: ignore[attr-defined]
+            samples += images.shape[0]
+    seconds = time.perf_counter() - start
+    return {"samples": samples, "seconds": round(seconds, 2), "samples_per_second": round(samples / seconds, 1)}
+
+
+def prepare(workdir: Path) -> tuple[LocalStore, DatasetManifest, Path, str]:
+    if (GZ2 / "training_solutions_rev1.csv").is_file():
+        images, labels, source = (
+            GZ2 / "images",
+            GZ2 / "training_solutions_rev1.csv",
+            "real GZ2 (../shared/gz2/labelled)",
+        )
+    else:
+        synthesize_survey(SynthConfig(store=str(workdir), n=2000, seed=3), progress=False)
+        images, labels = workdir / "raw/synthetic/images", workdir / "raw/synthetic/labels.csv"
+        source = "synthetic survey (real GZ2 not found)"
+    store = LocalStore(workdir / "store")
+    config = IngestConfig(images=str(images), labels=str(labels), store=store.uri, name="bench", samples_per_shard=200)
+    return store, ingest(config, progress=False).manifest, images, source
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/loader.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the workers are the parallelism, as in training
+    with tempfile.TemporaryDirectory() as tmp:
+        store, manifest, images, source = prepare(Path(tmp))
+        train = manifest.split_shards("train")
+        table = load_labels(manifest.labels_uri)  # the baseline's labels, for the same samples
+        ids = table.votes["GalaxyID"].astype(str).tolist()
+        label_of = dict(zip(ids, table.classes.tolist(), strict=True))
+        items = [(images / f"{k}.jpg", int(label_of[k])) for s in train for k in s.sample_keys]
+        norm = manifest.normalization
+        baseline = DataLoader(
+            JpegFolder(items, norm.mean, norm.std), batch_size=args.batch_size, shuffle=True,
+            num_workers=args.workers, drop_last=True,
+        )  # fmt: skip
+        rows = {"baseline: folder of 424x424 JPEGs, PIL + per-image transforms": timed(baseline, args.epochs)}
+        shard_loader = make_loader(
+            store, manifest, "train", batch_size=args.batch_size, train=True, workers=args.workers
+        )
+        rows["shards: 224 crops in WebDataset, 8-bit orient + batched colour"] = timed(shard_loader, args.epochs)
+    names = list(rows)
+    speedup = rows[names[1]]["samples_per_second"] / rows[names[0]]["samples_per_second"]
+    print(f"data: {source}; train split {manifest.split_size('train')} samples; workers {args.workers}; "
+          f"batch {args.batch_size}; epochs {args.epochs}")  # fmt: skip
+    print(f"{'loader':<64}  {'samples':>7}  {'seconds':>7}  {'samples/s':>9}")
+    for name, row in rows.items():
+        print(f"{name:<64}  {row['samples']:>7}  {row['seconds']:>7}  {row['samples_per_second']:>9}")
+    print(f"speed-up (same workers, so per core): {speedup:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "loader", "data": source, "workers": args.workers, "batch_size": args.batch_size,
+        "epochs": args.epochs, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "rows": rows, "speedup": round(speedup, 2),
+    }  # fmt: skip
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

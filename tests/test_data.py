@@ -1,0 +1,166 @@
+"""The shard loader: exactly-once evaluation, equal batches per rank (real gloo DDP), S3, strictness."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import webdataset as wds
+from PIL import Image
+
+from galaxy_models.data import Augmentation, Preprocessing, jitter, make_loader, orient, standardize
+from galaxy_models.ingest import IngestConfig, ingest
+from galaxy_models.shards import DatasetManifest, S3Opener, read_manifest, register_s3_scheme, shard_urls
+from galaxy_models.storage import LocalStore, S3Config, S3Store
+from galaxy_models.survey import SynthConfig, synthesize_survey
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, DatasetManifest]:
+    root = tmp_path_factory.mktemp("data")
+    synthesize_survey(SynthConfig(store=str(root), n=160, seed=9, workers=2), progress=False)
+    raw = root / "raw" / "synthetic"
+    store = LocalStore(root)
+    config = IngestConfig(
+        images=str(raw / "images"), labels=str(raw / "labels.csv"), store=store.uri, name="syn", samples_per_shard=10
+    )
+    return store, ingest(config, progress=False).manifest
+
+
+def test_eval_loader_yields_every_sample_once(dataset: tuple[LocalStore, DatasetManifest]) -> None:
+    store, manifest = dataset
+    labels: list[int] = []
+    for images, y in make_loader(store, manifest, "train", batch_size=8, train=False, workers=2):
+        assert images.shape[1:] == (3, 224, 224)
+        assert images.dtype == torch.float32
+        labels += y.tolist()
+    assert len(labels) == manifest.split_size("train")
+    assert {str(k): labels.count(k) for k in range(5)} == manifest.totals["train"]
+
+
+def test_train_loader_gives_full_batches_for_one_epoch(dataset: tuple[LocalStore, DatasetManifest]) -> None:
+    store, manifest = dataset
+    loader = make_loader(store, manifest, "train", batch_size=16, train=True, workers=2, seed=1)
+    batches = list(loader)
+    assert len(batches) == manifest.split_size("train") // 16
+    assert all(x.shape == (16, 3, 224, 224) for x, _ in batches)
+    pixels = torch.cat([x for x, _ in batches])
+    assert abs(float(pixels.mean())) < 0.5  # standardised with the training split's statistics
+
+
+def test_jitter_identity_and_range() -> None:
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    off = Augmentation(brightness=0.0, contrast=0.0)
+    torch.testing.assert_close(jitter(batch, off), batch.float() / 255)
+    out = jitter(batch, Augmentation(brightness=0.5, contrast=0.5), torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
+    assert not torch.allclose(out, batch.float() / 255)
+
+
+def test_jitter_matches_brightness_then_contrast() -> None:
+    batch = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    aug = Augmentation(brightness=0.3, contrast=0.3)
+    got = jitter(batch, aug, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    b = 0.7 + 0.6 * torch.rand(3, 1, 1, 1, generator=gen)
+    c = 0.7 + 0.6 * torch.rand(3, 1, 1, 1, generator=gen)
+    x = batch.float() / 255 * b
+    grey = x.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(got, ((x - grey) * c + grey).clamp(0, 1))
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_orient_rotates_and_flips(interpolation: str) -> None:
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels[:, :8] = 255  # a bright band on the left edge
+    image = Image.fromarray(pixels)
+    flips_only = Augmentation(rotation=False, interpolation=interpolation)  # type: ignore[arg-type]
+    outcomes = {np.asarray(orient(image, flips_only, random.Random(s)))[:, -4:].mean() > 200 for s in range(20)}
+    assert outcomes == {True, False}  # sometimes flipped to the right edge, sometimes not
+    rotated = np.asarray(orient(image, Augmentation(flips=False, interpolation=interpolation), random.Random(1)))  # type: ignore[arg-type]
+    assert rotated.shape == pixels.shape
+    assert not np.array_equal(rotated, pixels)
+    still = np.asarray(orient(image, Augmentation(rotation=False, flips=False), random.Random(0)))
+    assert np.array_equal(still, pixels)
+
+
+def test_standardize() -> None:
+    prep = Preprocessing(crop_size=32, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    torch.testing.assert_close(
+        standardize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), prep), torch.full((1, 3, 2, 2), 2.0)
+    )
+
+
+def test_truncated_shard_stops_a_strict_loader(dataset: tuple[LocalStore, DatasetManifest], tmp_path: Path) -> None:
+    store, manifest = dataset
+    copy = LocalStore(tmp_path)
+    for key in store.list(f"{manifest.prefix}/"):
+        copy.write_bytes(key, store.read_bytes(key))
+    shard = manifest.split_shards("val")[0]
+    data = copy.read_bytes(shard.key)
+    copy.write_bytes(shard.key, data[: len(data) // 2 + 100])
+    with pytest.raises(Exception, match=r"(?i)truncat|unexpected end|read"):
+        list(make_loader(copy, manifest, "val", batch_size=4, train=False, workers=0))
+    # warn_and_continue drops the rest of the damaged shard, as webdataset documents
+    lenient = sum(
+        len(y) for _, y in make_loader(copy, manifest, "val", batch_size=4, train=False, workers=0, on_error="warn")
+    )
+    assert lenient < manifest.split_size("val")
+
+
+def test_loader_and_webdataset_read_from_s3(
+    dataset: tuple[LocalStore, DatasetManifest], s3_bucket: str, s3_config: S3Config
+) -> None:
+    store, manifest = dataset
+    remote = S3Store(s3_bucket, "galaxy-data", s3_config)
+    for key in store.list(f"{manifest.prefix}/"):
+        remote.write_bytes(key, store.read_bytes(key))
+    assert read_manifest(remote, "syn") == manifest
+    opener = S3Opener(s3_config)
+    count = sum(
+        len(y) for _, y in make_loader(remote, manifest, "val", batch_size=4, train=False, workers=2, s3_opener=opener)
+    )
+    assert count == manifest.split_size("val")
+    register_s3_scheme(s3_config)
+    urls = shard_urls(remote, manifest.split_shards("val"))
+    assert urls[0].startswith(f"s3://{s3_bucket}/galaxy-data/datasets/syn/")
+    keys = [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
+    assert keys == [k for s in manifest.split_shards("val") for k in s.sample_keys]
+
+
+def _rank_main(rank: int, world: int, init_file: str, root: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        store = LocalStore(root)
+        manifest = read_manifest(store, "syn")
+        train = make_loader(store, manifest, "train", batch_size=8, train=True, workers=1, seed=3)
+        batches = [len(y) for _, y in train]
+        seen = sum(len(y) for _, y in make_loader(store, manifest, "train", batch_size=8, train=False, workers=1))
+        # every rank must be able to step in lock-step: an all_reduce per batch would hang otherwise
+        for _ in batches:
+            dist.all_reduce(torch.ones(1))
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"batches": batches, "eval_samples": seen}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_get_equal_batches_and_disjoint_shards(
+    dataset: tuple[LocalStore, DatasetManifest], tmp_path: Path
+) -> None:
+    store, manifest = dataset
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(store.root), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    expected = manifest.split_size("train") // (8 * 2)
+    assert [len(r["batches"]) for r in results] == [expected, expected]
+    assert all(b == 8 for r in results for b in r["batches"])
+    # evaluation splits the shards between ranks: together they see every sample once
+    assert sum(r["eval_samples"] for r in results) == manifest.split_size("train")
+    assert all(r["eval_samples"] < manifest.split_size("train") for r in results)
