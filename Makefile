@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/galaxy-pipeline synth --store $(STORE) --n $(DEMO_N) --incoming-batches 2 --batch-size 100 --seed 7
 	$(BIN)/galaxy-pipeline labels summarize $(STORE)/raw/synthetic/labels.csv
+	$(BIN)/galaxy-pipeline ingest --images $(STORE)/raw/synthetic/images --labels $(STORE)/raw/synthetic/labels.csv \
+		--store $(STORE) --name synthetic --samples-per-shard 200
 	$(BIN)/galaxy-pipeline models list
 	@echo
 	@echo "Synthetic survey images:  $(STORE)/raw/synthetic/images/"
 	@echo "Vote table (Kaggle fmt):  $(STORE)/raw/synthetic/labels.csv"
+	@echo "Dataset (shards+manifest): $(STORE)/datasets/synthetic/"
 	@echo "New survey batches:       $(STORE)/incoming/"
 
 lint: $(STAMP)
