@@ -16,7 +16,6 @@ as DDP requires.
 
 from __future__ import annotations
 
-import io
 import random
 from functools import partial
 from typing import Any, Literal
@@ -59,6 +58,11 @@ class Preprocessing(BaseModel):
 def standardize(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """uint8 (N, 3, H, W) or float in [0, 1] -> standardised float32."""
     x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.clone()
+    return _standardize_(x, preprocessing)
+
+
+def _standardize_(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """In place, on a float batch in [0, 1]."""
     mean = torch.tensor(preprocessing.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=x.dtype).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)
@@ -76,18 +80,27 @@ def orient(image: Image.Image, augmentation: Augmentation, rng: random.Random) -
     return image
 
 
+def _float_batch(images: torch.Tensor) -> torch.Tensor:
+    """``images.float()``, allocated in shared memory inside a DataLoader worker, as PyTorch's own
+    collate does: the batch then reaches the main process without another 4-bytes-per-pixel copy."""
+    if torch.utils.data.get_worker_info() is None:
+        return images.float()
+    out = torch.empty(images.shape, dtype=torch.float32).share_memory_()
+    return out.copy_(images)
+
+
 def jitter(images: torch.Tensor, augmentation: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random brightness then contrast per image of a uint8 batch; float in [0, 1] out.
 
     Both are affine in the pixel values, so they collapse into one multiply-add per image
     (``(b*x - b*g) * c + b*g`` with g the image's mean), done in place on the whole batch.
     """
-    x = images.float().div_(255.0)
+    x = _float_batch(images)  # still 0-255: the 1/255 rides along in the jitter factor, saving a pass
     n = x.shape[0]
     b = 1 - augmentation.brightness + 2 * augmentation.brightness * torch.rand(n, 1, 1, 1, generator=generator)
     c = 1 - augmentation.contrast + 2 * augmentation.contrast * torch.rand(n, 1, 1, 1, generator=generator)
     grey = x.mean(dim=(1, 2, 3), keepdim=True)
-    return x.mul_(b * c).add_((1 - c) * b * grey).clamp_(0.0, 1.0)
+    return x.mul_(b * c / 255.0).add_((1 - c) * b * grey / 255.0).clamp_(0.0, 1.0)
 
 
 def _decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -96,10 +109,12 @@ def _decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
 
 
 def _decode_oriented(sample: dict[str, Any], augmentation: Augmentation) -> tuple[torch.Tensor, int]:
+    image, label = _decode(sample)  # torchvision's decoder: about twice as fast as Pillow's here
+    if not (augmentation.rotation or augmentation.flips):
+        return image, label
     # Python's random is seeded per DataLoader worker by PyTorch, so runs are reproducible.
-    with Image.open(io.BytesIO(sample["jpg"]), formats=["JPEG"]) as image:
-        oriented = orient(image.convert("RGB"), augmentation, random)  # type: ignore[arg-type]
-    return torch.from_numpy(np.asarray(oriented).copy()).permute(2, 0, 1), int(sample["cls"])
+    oriented = orient(Image.fromarray(image.permute(1, 2, 0).numpy()), augmentation, random)  # type: ignore[arg-type]
+    return torch.from_numpy(np.array(oriented)).permute(2, 0, 1), label
 
 
 def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +126,7 @@ def _train_batch(
     batch: tuple[torch.Tensor, torch.Tensor], augmentation: Augmentation, preprocessing: Preprocessing
 ) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = batch
-    return standardize(jitter(images, augmentation), preprocessing), labels
+    return _standardize_(jitter(images, augmentation), preprocessing), labels
 
 
 def _eval_batch(
@@ -182,14 +197,14 @@ def make_loader(
     ]
     if train:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 500), seed=seed + 7919 * epoch + rank))
+    augmentation = augmentation or Augmentation()
+    decode = partial(_decode_oriented, augmentation=augmentation) if train else _decode
     stages += [
-        wds.map(_decode, handler=handler),
+        wds.map(decode, handler=handler),
         wds.batched(batch_size, collation_fn=_collate, partial=not train),
     ]
     if train:
-        stages.append(
-            wds.map(partial(_train_batch, augmentation=augmentation or Augmentation(), preprocessing=preprocessing))
-        )
+        stages.append(wds.map(partial(_train_batch, augmentation=augmentation, preprocessing=preprocessing)))
     else:
         stages.append(wds.map(partial(_eval_batch, preprocessing=preprocessing)))
     pipeline = wds.DataPipeline(*stages)

@@ -164,3 +164,21 @@ def test_ddp_ranks_get_equal_batches_and_disjoint_shards(
     # evaluation splits the shards between ranks: together they see every sample once
     assert sum(r["eval_samples"] for r in results) == manifest.split_size("train")
     assert all(r["eval_samples"] < manifest.split_size("train") for r in results)
+
+
+def test_train_loader_applies_orientation(dataset: tuple[LocalStore, DatasetManifest]) -> None:
+    """With colour jitter off, training batches with rotation and flips must differ from those
+    without: the orientation augmentation really runs."""
+    store, manifest = dataset
+    still = Augmentation(rotation=False, flips=False, brightness=0.0, contrast=0.0)
+    turned = Augmentation(brightness=0.0, contrast=0.0)
+
+    def sorted_pixels(augmentation: Augmentation) -> torch.Tensor:
+        loader = make_loader(store, manifest, "val", batch_size=4, train=True, workers=0, augmentation=augmentation)
+        batches = [x for x, _ in loader]
+        flat = torch.cat(batches).flatten(1)
+        return flat[flat.sum(1).argsort()]
+
+    unturned = sorted_pixels(still)
+    assert torch.isfinite(unturned).all()
+    assert not torch.allclose(unturned, sorted_pixels(turned))
