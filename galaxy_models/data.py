@@ -133,7 +133,7 @@ def _eval_batch(
     batch: tuple[torch.Tensor, torch.Tensor], preprocessing: Preprocessing
 ) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = batch
-    return standardize(images, preprocessing), labels
+    return _standardize_(_float_batch(images).div_(255.0), preprocessing), labels
 
 
 def _rank_and_world() -> tuple[int, int]:
