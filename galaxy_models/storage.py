@@ -17,9 +17,10 @@ import io
 import json
 import os
 import re
+import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 from urllib.parse import urlparse
@@ -185,34 +186,33 @@ class LocalStore(Store):
         target.parent.mkdir(parents=True, exist_ok=True)
         return target.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
 
-    def _write_temp(self, target: Path, data: bytes) -> Path:
-        temp = self._temp_path(target)
-        with temp.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        return temp
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        target = self.path(key)
-        temp = self._write_temp(target, data)
-        try:
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
-
-    def upload_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        target = self.path(key)
+    def _write_temp(self, target: Path, fill: Callable[[IO[bytes]], object]) -> Path:
+        """A synced temp file beside ``target``, filled by ``fill``; removed again if filling fails."""
         temp = self._temp_path(target)
         try:
-            with open(path, "rb") as src, temp.open("wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
+            with temp.open("wb") as out:
+                fill(out)
                 out.flush()
                 os.fsync(out.fileno())
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return temp
+
+    def _replace(self, key: str, fill: Callable[[IO[bytes]], object]) -> None:
+        target = self.path(key)
+        temp = self._write_temp(target, fill)
+        try:
             os.replace(temp, target)
         finally:
             temp.unlink(missing_ok=True)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._replace(key, lambda out: out.write(data))
+
+    def upload_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        with open(path, "rb") as source:
+            self._replace(key, lambda out: shutil.copyfileobj(source, out, 1 << 20))
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -224,7 +224,7 @@ class LocalStore(Store):
         # os.link fails if the target exists, like O_CREAT|O_EXCL, but the object appears
         # with its whole content at once instead of growing while it is written.
         target = self.path(key)
-        temp = self._write_temp(target, data)
+        temp = self._write_temp(target, lambda out: out.write(data))
         try:
             os.link(temp, target)
         except FileExistsError:

@@ -203,3 +203,14 @@ def test_s3_multipart_upload(s3_bucket: str, s3_config: S3Config, tmp_path: Path
     assert store.read_bytes("big") == data
     head = store.client.head_object(Bucket=s3_bucket, Key="big")
     assert "-" in head["ETag"]  # multipart ETags carry the part count
+
+
+def test_local_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+
+    def broken(out: object) -> None:
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        store._replace("d/k", broken)
+    assert list((tmp_path / "d").iterdir()) == []
