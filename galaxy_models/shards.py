@@ -185,7 +185,7 @@ def write_shards(
     as soon as it is closed. Tar headers carry a fixed mtime, so the same samples give the same bytes."""
     uploader = _ShardUploader(store, prefix, split)
     writer = wds.ShardWriter(
-        str(workdir / f"{split}-%06d.tar"), maxcount=samples_per_shard, post=uploader, verbose=0, mtime=0.0
+        str(workdir / f"{split}-%06d.tar"), maxcount=samples_per_shard, post=uploader, verbose=0, mtime=0
     )
     try:
         for sample in samples:

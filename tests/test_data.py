@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import webdataset as wds
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
-from galaxy_models.data import Augmentation, Preprocessing, jitter, make_loader, orient, standardize
+from galaxy_models.data import Augmentation, Preprocessing, colour_table, make_loader, orient, recolour, standardize
 from galaxy_models.ingest import IngestConfig, ingest
 from galaxy_models.shards import DatasetManifest, S3Opener, read_manifest, register_s3_scheme, shard_urls
 from galaxy_models.storage import LocalStore, S3Config, S3Store
@@ -38,7 +40,7 @@ def test_eval_loader_yields_every_sample_once(dataset: tuple[LocalStore, Dataset
     labels: list[int] = []
     for images, y in make_loader(store, manifest, "train", batch_size=8, train=False, workers=2):
         assert images.shape[1:] == (3, 224, 224)
-        assert images.dtype == torch.float32
+        assert images.dtype == torch.uint8
         labels += y.tolist()
     assert len(labels) == manifest.split_size("train")
     assert {str(k): labels.count(k) for k in range(5)} == manifest.totals["train"]
@@ -50,31 +52,31 @@ def test_train_loader_gives_full_batches_for_one_epoch(dataset: tuple[LocalStore
     batches = list(loader)
     assert len(batches) == manifest.split_size("train") // 16
     assert all(x.shape == (16, 3, 224, 224) for x, _ in batches)
-    pixels = torch.cat([x for x, _ in batches])
+    pixels = standardize(torch.cat([x for x, _ in batches]), Preprocessing.from_manifest(manifest))
     assert abs(float(pixels.mean())) < 0.5  # standardised with the training split's statistics
 
 
-def test_jitter_identity_and_range() -> None:
-    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+def test_colour_off_is_identity() -> None:
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     off = Augmentation(brightness=0.0, contrast=0.0)
-    torch.testing.assert_close(jitter(batch, off), batch.float() / 255)
-    out = jitter(batch, Augmentation(brightness=0.5, contrast=0.5), torch.Generator().manual_seed(0))
-    assert out.shape == batch.shape
-    assert float(out.min()) >= 0.0
-    assert float(out.max()) <= 1.0
-    assert not torch.allclose(out, batch.float() / 255)
+    assert colour_table(image, off, random.Random(0)) is None
+    assert torch.equal(recolour(image, off, random.Random(0)), image)
 
 
-def test_jitter_matches_brightness_then_contrast() -> None:
-    batch = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+@pytest.mark.parametrize("seed", range(6))
+def test_recolour_matches_torchvision_brightness_then_contrast(seed: int) -> None:
+    """The lookup table reproduces torchvision's own adjust_brightness then adjust_contrast on a
+    GZ2-like image (dark sky, bright core) to within the rounding and the sampled grey mean."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    core = 230.0 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 120.0)
+    image = (core + 12.0 + 6.0 * torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(seed))).to(torch.uint8)
     aug = Augmentation(brightness=0.3, contrast=0.3)
-    got = jitter(batch, aug, torch.Generator().manual_seed(5))
-    gen = torch.Generator().manual_seed(5)
-    b = 0.7 + 0.6 * torch.rand(3, 1, 1, 1, generator=gen)
-    c = 0.7 + 0.6 * torch.rand(3, 1, 1, 1, generator=gen)
-    x = batch.float() / 255 * b
-    grey = x.mean(dim=(1, 2, 3), keepdim=True)
-    torch.testing.assert_close(got, ((x - grey) * c + grey).clamp(0, 1))
+    got = recolour(image, aug, random.Random(seed))
+    rng = random.Random(seed)
+    b, c = rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3)
+    expected = F.adjust_contrast(F.adjust_brightness(image, b), c)
+    assert (got.int() - expected.int()).abs().max() <= 2
+    assert not torch.equal(got, image)
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
@@ -94,9 +96,49 @@ def test_orient_rotates_and_flips(interpolation: str) -> None:
 
 def test_standardize() -> None:
     prep = Preprocessing(crop_size=32, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
-    torch.testing.assert_close(
-        standardize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), prep), torch.full((1, 3, 2, 2), 2.0)
-    )
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    torch.testing.assert_close(standardize(white, prep), torch.full((1, 3, 2, 2), 2.0))
+    buffer = torch.empty(1, 3, 2, 2)
+    assert standardize(torch.zeros_like(white), prep, out=buffer) is buffer
+    torch.testing.assert_close(buffer, torch.full((1, 3, 2, 2), -2.0))
+    with pytest.raises(TypeError, match="uint8"):
+        standardize(white.float(), prep)
+
+
+class _FixedRandom(random.Random):
+    """random() and uniform() return fixed values: to check orient's geometry exactly."""
+
+    def __init__(self, draw: float, angle: float) -> None:
+        super().__init__(0)
+        self.draw, self.angle = draw, angle
+
+    def random(self) -> float:
+        return self.draw
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.angle
+
+
+@pytest.mark.parametrize(
+    ("mirror", "angle", "same_as"),
+    [
+        (False, 0.0, []),
+        (True, 0.0, [Image.Transpose.FLIP_LEFT_RIGHT]),
+        (False, 90.0, [Image.Transpose.ROTATE_270]),  # clockwise; the direction is immaterial
+        (False, 180.0, [Image.Transpose.ROTATE_180]),
+        (True, 90.0, [Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_270]),
+    ],
+)
+def test_orient_is_pixel_exact(mirror: bool, angle: float, same_as: list[Image.Transpose]) -> None:
+    """Rotation and mirror as one affine map land on pixel centres: quarter turns equal Pillow's
+    lossless transposes."""
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    got = np.asarray(orient(image, Augmentation(), _FixedRandom(0.1 if mirror else 0.9, angle)))
+    expected = image
+    for step in same_as:
+        expected = expected.transpose(step)
+    assert np.array_equal(got, np.asarray(expected))
 
 
 def test_truncated_shard_stops_a_strict_loader(dataset: tuple[LocalStore, DatasetManifest], tmp_path: Path) -> None:
@@ -176,9 +218,34 @@ def test_train_loader_applies_orientation(dataset: tuple[LocalStore, DatasetMani
     def sorted_pixels(augmentation: Augmentation) -> torch.Tensor:
         loader = make_loader(store, manifest, "val", batch_size=4, train=True, workers=0, augmentation=augmentation)
         batches = [x for x, _ in loader]
-        flat = torch.cat(batches).flatten(1)
+        flat = torch.cat(batches).flatten(1).float()
         return flat[flat.sum(1).argsort()]
 
     unturned = sorted_pixels(still)
     assert torch.isfinite(unturned).all()
     assert not torch.allclose(unturned, sorted_pixels(turned))
+
+
+def test_an_epoch_depends_only_on_seed_and_epoch(dataset: tuple[LocalStore, DatasetManifest]) -> None:
+    """What resuming relies on: a loader started at epoch 1 gives exactly the batches that a loader
+    started at epoch 0 gives on its second pass, workers and all; and epochs differ."""
+    store, manifest = dataset
+
+    def epochs(first: int, passes: int) -> list[list[torch.Tensor]]:
+        loader = make_loader(store, manifest, "train", batch_size=8, train=True, workers=2, seed=5, epoch=first)
+        return [[torch.cat([x.flatten(), y]) for x, y in loader] for _ in range(passes)]
+
+    uninterrupted = epochs(0, 2)
+    resumed = epochs(1, 1)
+    assert len(resumed[0]) == len(uninterrupted[1]) == manifest.split_size("train") // 8
+    assert all(torch.equal(a, b) for a, b in zip(resumed[0], uninterrupted[1], strict=True))
+    assert not torch.equal(uninterrupted[0][0], uninterrupted[1][0])
+
+
+def test_shards_have_plain_ustar_headers(dataset: tuple[LocalStore, DatasetManifest]) -> None:
+    """A float mtime once made every member carry a PAX header: twice the headers to parse."""
+    store, manifest = dataset
+    with tarfile.open(store.root / manifest.split_shards("train")[0].key) as tar:
+        members = tar.getmembers()
+    assert members
+    assert all(m.pax_headers == {} and m.mtime == 0 for m in members)
