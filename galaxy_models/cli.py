@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(help="Galaxy morphology classification pipeline (GZ2, CS_ResNet50).", no_args_is_help=True)
 labels_app = typer.Typer(help="Galaxy Zoo 2 vote tables and Table I labels.", no_args_is_help=True)
-models_app = typer.Typer(help="Registered model architectures.", no_args_is_help=True)
+models_app = typer.Typer(help="Model architectures and the published models in a store.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
 datasets_app = typer.Typer(help="Dataset versions (WebDataset shards + manifest).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -199,6 +199,127 @@ def datasets_verify(
     except (ValueError, StorageError, OSError) as err:
         raise _fail(str(err)) from err
     typer.echo(f"{manifest.name}/{manifest.version}: {checked} shards match the manifest")
+
+
+def _parse_settings(settings: list[str]) -> dict[str, object]:
+    """``--set key=value`` pairs; values are read as JSON where they parse (numbers, booleans, objects)."""
+    parsed: dict[str, object] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+@app.command()
+def train(
+    store: Annotated[str, typer.Option(help="store holding the dataset; runs/ and models/ are written there")],
+    preset: Annotated[str | None, typer.Option(help="paper (Table IV settings) or smoke (seconds on a CPU)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name (default: the preset's, else gz2)")] = None,
+    model: Annotated[str | None, typer.Option(help="registered architecture, e.g. cs_resnet50")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="base learning rate")] = None,
+    image_size: Annotated[int | None, typer.Option(help="input side; smaller than the crop resizes it")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    processes: Annotated[int | None, typer.Option(help="processes for torchrun (default: one per GPU, or 1)")] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="any other TrainConfig field, key=value (repeatable)")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a model with torchrun, evaluate its best epoch on val and test, publish it under models/."""
+    from pydantic import ValidationError
+
+    from galaxy_models.checkpoints import CheckpointError
+    from galaxy_models.evaluation import table_v
+    from galaxy_models.model_store import publish_run
+    from galaxy_models.storage import StorageError, open_store
+    from galaxy_models.training import TrainConfig, evaluate_run, launch
+
+    given = {
+        "preset": preset, "store": store, "dataset": dataset, "model": model, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed, "processes": processes,
+    }  # fmt: skip
+    try:
+        config = TrainConfig.model_validate(
+            {**{k: v for k, v in given.items() if v is not None}, **_parse_settings(settings or [])}
+        )
+        run = launch(config, log=(lambda _: None) if as_json else typer.echo)
+        metrics = evaluate_run(run, workers=config.workers, progress=not as_json)
+        card = publish_run(open_store(config.store), run, metrics)
+    except ValidationError as err:
+        raise _fail(str(err)) from err
+    except (ValueError, RuntimeError, StorageError, CheckpointError, OSError) as err:
+        raise _fail(str(err)) from err
+    location = open_store(config.store).url(f"models/{card.name}/{card.version}/card.json")
+    if as_json:
+        summary = {
+            "name": card.name, "version": card.version, "card": location, "best_epoch": card.best_epoch,
+            "training_images_per_second": card.training_images_per_second,
+            "metrics": {split: m.model_dump() for split, m in card.metrics.items()},
+        }  # fmt: skip
+        typer.echo(json.dumps(summary))
+        return
+    for split, m in card.metrics.items():
+        typer.echo(f"\n{split} ({m.samples} images):\n" + table_v({card.architecture: m}))
+    typer.echo(f"\npublished {card.name}/{card.version}: {location}")
+    typer.echo(f"promote it with: galaxy-pipeline models promote {card.name} {card.version} --store {store}")
+
+
+@models_app.command("versions")
+def models_versions(
+    name: Annotated[str, typer.Argument(help="model name under models/")],
+    store: Annotated[str, typer.Option(help="store URI")],
+    as_json: JsonOption = False,
+) -> None:
+    """Published versions of a model with their test scores; * marks production."""
+    from galaxy_models.model_store import list_versions, production_version, read_card
+    from galaxy_models.storage import StorageError, open_store
+
+    try:
+        target = open_store(store)
+        cards = [read_card(target, name, v) for v in list_versions(target, name)]
+        production = production_version(target, name)
+    except (ValueError, StorageError, OSError) as err:
+        raise _fail(str(err)) from err
+    if as_json:
+        typer.echo(json.dumps({"production": production, "versions": [c.model_dump(mode="json") for c in cards]}))
+        return
+    if not cards:
+        raise _fail(f"no published versions of {name!r} in {target.uri}")
+    rows = []
+    for card in cards:
+        score = card.metrics.get("test") or next(iter(card.metrics.values()))
+        mark = "*" if card.version == production else ""
+        rows.append(
+            [f"{mark}{card.version}", card.architecture, card.created_at.strftime("%Y-%m-%d %H:%M"),
+             f"{100 * score.accuracy:.2f}%", f"{100 * score.f1:.2f}%"]
+        )  # fmt: skip
+    typer.echo(_table(["version", "architecture", "created (UTC)", "test accuracy", "test macro-F1"], rows))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="model name under models/")],
+    version: Annotated[str, typer.Argument(help="published version to serve")],
+    store: Annotated[str, typer.Option(help="store URI")],
+) -> None:
+    """Make a published version the production model (a conditional write: concurrent promotions
+    cannot both land)."""
+    from galaxy_models.model_store import PromotionConflict, promote
+    from galaxy_models.storage import StorageError, open_store
+
+    try:
+        production = promote(open_store(store), name, version)
+    except (ValueError, StorageError, OSError, PromotionConflict) as err:
+        raise _fail(str(err)) from err
+    before = f" (was {production.previous})" if production.previous else ""
+    typer.echo(f"{name}: production is now {version}{before}")
 
 
 if __name__ == "__main__":

@@ -51,13 +51,20 @@ class Augmentation(BaseModel):
 class Preprocessing(BaseModel):
     """What turns a stored crop into model input; saved with a model so inference repeats it."""
 
-    crop_size: int
+    crop_size: int = Field(description="side of the stored centre crop, pixels")
     mean: list[float]
     std: list[float]
+    image_size: int | None = Field(None, description="side the model sees, if the crop is resized (None: as stored)")
 
     @classmethod
-    def from_manifest(cls, manifest: DatasetManifest) -> Preprocessing:
-        return cls(crop_size=manifest.crop_size, mean=manifest.normalization.mean, std=manifest.normalization.std)
+    def from_manifest(cls, manifest: DatasetManifest, image_size: int | None = None) -> Preprocessing:
+        size = None if image_size in (None, manifest.crop_size) else image_size
+        return cls(
+            crop_size=manifest.crop_size,
+            mean=manifest.normalization.mean,
+            std=manifest.normalization.std,
+            image_size=size,
+        )
 
 
 def standardize(
@@ -81,6 +88,26 @@ def standardize(
     shift = -torch.tensor(preprocessing.mean, device=images.device).view(1, 3, 1, 1) / std
     x = images.to(torch.float32, memory_format=memory_format) if out is None else out.copy_(images)
     return x.mul_(scale).add_(shift)
+
+
+def to_model_input(
+    images: torch.Tensor, preprocessing: Preprocessing, device: torch.device, channels_last: bool = False
+) -> torch.Tensor:
+    """A loader's uint8 batch -> the model's float input on ``device``: copied over (asynchronously
+    from pinned memory), standardised there, resized if the preprocessing asks for it (bilinear
+    with antialiasing), in the memory format the model runs in."""
+    x = standardize(
+        images.to(device, non_blocking=True),
+        preprocessing,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
+    if preprocessing.image_size is not None:
+        x = torch.nn.functional.interpolate(
+            x, size=(preprocessing.image_size, preprocessing.image_size), mode="bilinear", antialias=True
+        )
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def orient(image: Image.Image, augmentation: Augmentation, rng: random.Random) -> Image.Image:

@@ -13,6 +13,8 @@ last. ``create_if_absent`` lets exactly one of several concurrent writers win.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -131,6 +133,16 @@ class Store(ABC):
     def create_if_absent(self, key: str, data: bytes) -> bool:
         """Write only if no object exists at ``key``. Returns whether this call wrote it."""
 
+    @abstractmethod
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and a tag naming this exact version of it, for ``replace_if``.
+        Raises ``KeyNotFoundError`` if absent."""
+
+    @abstractmethod
+    def replace_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Compare and swap: write ``data`` only if the object is still the version ``tag`` names
+        (``None``: only if there is no object). Returns whether this call wrote it."""
+
     def url(self, key: str) -> str:
         """The full URI of ``key``."""
         return f"{self.uri.rstrip('/')}/{check_key(key)}"
@@ -233,6 +245,30 @@ class LocalStore(Store):
             temp.unlink(missing_ok=True)
         return True
 
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def replace_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        if tag is None:
+            return self.create_if_absent(key, data)
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Writers of this store serialise on an exclusive lock of the key's directory: check, then swap.
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            try:
+                current = hashlib.sha256(target.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                return False
+            if current != tag:
+                return False
+            self.write_bytes(key, data)
+            return True
+        finally:
+            os.close(directory)  # closing the descriptor releases the lock
+
 
 class S3Store(Store):
     """A bucket (and optional key prefix) on AWS S3, MinIO or any S3-compatible server."""
@@ -324,15 +360,32 @@ class S3Store(Store):
         with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
 
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        with self._errors(key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+            return response["Body"].read(), response["ETag"]
+
+    def replace_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        return self._put_conditionally(key, data, if_match=tag)
+
     def create_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put_conditionally(key, data, if_match=None)
+
+    def _put_conditionally(self, key: str, data: bytes, if_match: str | None) -> bool:
+        """``put_object`` with ``IfMatch`` (that version only) or, for ``None``, ``IfNoneMatch="*"``."""
         from botocore.exceptions import ClientError
 
         try:
             with self._errors(key):
-                self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, IfNoneMatch="*")
+                if if_match is None:
+                    self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, IfNoneMatch="*")
+                else:
+                    self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, IfMatch=if_match)
+        except KeyNotFoundError:  # IfMatch on an object that has gone
+            return False
         except StorageError as err:
             cause = err.__cause__
-            # 412: the object exists; 409: a concurrent conditional write to the key is in flight.
+            # 412: the condition failed; 409: a concurrent conditional write to the key is in flight.
             if isinstance(cause, ClientError) and (
                 cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
                 or cause.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")

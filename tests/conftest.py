@@ -69,3 +69,23 @@ def gz2_dir() -> Path:
     if not (GZ2_DIR / "labelled" / "training_solutions_rev1.csv").is_file():
         pytest.skip(f"real GZ2 data not found at {GZ2_DIR} (it lives in ../shared/gz2 beside the checkout)")
     return GZ2_DIR
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding an ingested synthetic survey as dataset ``synthetic`` (what the smoke preset
+    trains on): 160 galaxies, 10 per shard. Tests copy it when they need to write."""
+    from galaxy_models.ingest import IngestConfig, ingest
+    from galaxy_models.survey import SynthConfig, synthesize_survey
+
+    root = tmp_path_factory.mktemp("synthetic-store")
+    synthesize_survey(SynthConfig(store=str(root), n=160, seed=11, workers=2), progress=False)
+    raw = root / "raw" / "synthetic"
+    ingest(
+        IngestConfig(
+            images=str(raw / "images"), labels=str(raw / "labels.csv"), store=str(root), name="synthetic",
+            samples_per_shard=10,
+        ),
+        progress=False,
+    )  # fmt: skip
+    return root

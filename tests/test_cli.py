@@ -98,3 +98,37 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
     for command in ("labels", "models", "synth"):
         assert command in result.stdout
+
+
+def test_train_promote_and_versions(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """`galaxy-pipeline train` through torchrun, then the registry commands, on a copy of the
+    synthetic store; a second identical train publishes nothing new."""
+    root = tmp_path / "store"
+    shutil.copytree(synthetic_dataset, root)
+    args = ["train", "--store", str(root), "--preset", "smoke", "--epochs", "1", "--set", "workers=0", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["name"] == "cs_resnet_tiny"
+    assert set(summary["metrics"]) == {"val", "test"}
+    assert (root / "models" / "cs_resnet_tiny" / summary["version"] / "model.pt").is_file()
+    again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
+    assert again["version"] == summary["version"]
+    promoted = runner.invoke(app, ["models", "promote", "cs_resnet_tiny", summary["version"], "--store", str(root)])
+    assert promoted.exit_code == 0, promoted.output
+    assert f"production is now {summary['version']}" in promoted.output
+    listing = runner.invoke(app, ["models", "versions", "cs_resnet_tiny", "--store", str(root)])
+    assert listing.exit_code == 0, listing.output
+    assert f"*{summary['version']}" in listing.output
+    missing = runner.invoke(app, ["models", "promote", "cs_resnet_tiny", "nope", "--store", str(root)])
+    assert missing.exit_code == 2
+    assert "cs_resnet_tiny/nope is not in" in missing.output
+
+
+def test_train_names_a_bad_setting(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--store", str(tmp_path), "--set", "optimizer=lion"])
+    assert result.exit_code == 2
+    assert "optimizer" in result.output
+    result = runner.invoke(app, ["train", "--store", str(tmp_path), "--preset", "smoke"])
+    assert result.exit_code == 2
+    assert "no complete version of dataset 'synthetic'" in result.output

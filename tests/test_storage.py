@@ -214,3 +214,39 @@ def test_local_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="no space"):
         store._replace("d/k", broken)
     assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_replace_if_swaps_only_the_version_it_read(store: Store) -> None:
+    key = "models/m/production.json"
+    assert store.replace_if(key, b"v1", None)  # None: only if absent
+    assert not store.replace_if(key, b"v1 again", None)
+    data, tag = store.read_tagged(key)
+    assert data == b"v1"
+    assert store.replace_if(key, b"v2", tag)
+    assert not store.replace_if(key, b"v3", tag)  # stale: v2 replaced what the tag named
+    assert store.read_bytes(key) == b"v2"
+    with pytest.raises(KeyNotFoundError):
+        store.read_tagged("models/m/absent.json")
+    assert not store.replace_if("models/m/absent.json", b"x", tag)
+
+
+def test_replace_if_concurrent_writers(store: Store) -> None:
+    """Eight threads read the same version and race to replace it: exactly one wins."""
+    key = "models/m/production.json"
+    store.write_bytes(key, b"v0")
+    _, tag = store.read_tagged(key)
+    results: dict[int, bool] = {}
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        results[i] = store.replace_if(key, f"writer {i}".encode(), tag)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, won in results.items() if won]
+    assert len(winners) == 1
+    assert store.read_bytes(key) == f"writer {winners[0]}".encode()
