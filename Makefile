@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 STORE ?= ./galaxy-data
 DEMO_N ?= 600
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo serve test lint format clean
 
 install: $(STAMP)
 
@@ -24,11 +24,17 @@ demo: $(STAMP)
 	$(BIN)/galaxy-pipeline ingest --images $(STORE)/raw/synthetic/images --labels $(STORE)/raw/synthetic/labels.csv \
 		--store $(STORE) --name synthetic --samples-per-shard 200
 	$(BIN)/galaxy-pipeline models list
+	$(BIN)/galaxy-pipeline train --store $(STORE) --preset smoke --promote
 	@echo
 	@echo "Synthetic survey images:  $(STORE)/raw/synthetic/images/"
 	@echo "Vote table (Kaggle fmt):  $(STORE)/raw/synthetic/labels.csv"
 	@echo "Dataset (shards+manifest): $(STORE)/datasets/synthetic/"
+	@echo "Trained models (cards):   $(STORE)/models/"
 	@echo "New survey batches:       $(STORE)/incoming/"
+
+# A local Prefect server, the cpu and gpu pools, every deployment, and a worker on the cpu pool.
+serve: $(STAMP)
+	infra/serve.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

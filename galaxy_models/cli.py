@@ -230,6 +230,7 @@ def train(
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="any other TrainConfig field, key=value (repeatable)")
     ] = None,
+    promote_it: Annotated[bool, typer.Option("--promote", help="make the published model production")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model with torchrun, evaluate its best epoch on val and test, publish it under models/."""
@@ -237,7 +238,7 @@ def train(
 
     from galaxy_models.checkpoints import CheckpointError
     from galaxy_models.evaluation import table_v
-    from galaxy_models.model_store import publish_run
+    from galaxy_models.model_store import PromotionConflict, promote, publish_run
     from galaxy_models.storage import StorageError, open_store
     from galaxy_models.training import TrainConfig, evaluate_run, launch
 
@@ -252,14 +253,17 @@ def train(
         run = launch(config, log=(lambda _: None) if as_json else typer.echo)
         metrics = evaluate_run(run, workers=config.workers, progress=not as_json)
         card = publish_run(open_store(config.store), run, metrics)
+        if promote_it:
+            promote(open_store(config.store), card.name, card.version)
     except ValidationError as err:
         raise _fail(str(err)) from err
-    except (ValueError, RuntimeError, StorageError, CheckpointError, OSError) as err:
+    except (ValueError, RuntimeError, StorageError, CheckpointError, OSError, PromotionConflict) as err:
         raise _fail(str(err)) from err
     location = open_store(config.store).url(f"models/{card.name}/{card.version}/card.json")
     if as_json:
         summary = {
             "name": card.name, "version": card.version, "card": location, "best_epoch": card.best_epoch,
+            "promoted": promote_it,
             "training_images_per_second": card.training_images_per_second,
             "metrics": {split: m.model_dump() for split, m in card.metrics.items()},
         }  # fmt: skip
@@ -268,7 +272,10 @@ def train(
     for split, m in card.metrics.items():
         typer.echo(f"\n{split} ({m.samples} images):\n" + table_v({card.architecture: m}))
     typer.echo(f"\npublished {card.name}/{card.version}: {location}")
-    typer.echo(f"promote it with: galaxy-pipeline models promote {card.name} {card.version} --store {store}")
+    if promote_it:
+        typer.echo(f"{card.name}: production is now {card.version}")
+    else:
+        typer.echo(f"promote it with: galaxy-pipeline models promote {card.name} {card.version} --store {store}")
 
 
 @models_app.command("versions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,20 +90,26 @@ def test_create_if_absent_first_writer_wins(store: Store) -> None:
     assert store.read_bytes("catalogs/b/v/_manifest.json") == b"first"
 
 
+def _race(threads: int, attempt: Callable[[int], bool]) -> dict[int, bool]:
+    """Run ``attempt(i)`` in ``threads`` threads released at once; their results by ``i``."""
+    results: dict[int, bool] = {}
+    barrier = threading.Barrier(threads)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = attempt(i)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results
+
+
 def test_create_if_absent_concurrent_writers(store: Store) -> None:
     """Eight threads race for one key: exactly one wins and its content is what is stored."""
-    results: dict[int, bool] = {}
-    barrier = threading.Barrier(8)
-
-    def attempt(i: int) -> None:
-        barrier.wait()
-        results[i] = store.create_if_absent("models/m/production.json", f"writer {i}".encode())
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _race(8, lambda i: store.create_if_absent("models/m/production.json", f"writer {i}".encode()))
     winners = [i for i, won in results.items() if won]
     assert len(winners) == 1
     assert store.read_bytes("models/m/production.json") == f"writer {winners[0]}".encode()
@@ -235,18 +242,7 @@ def test_replace_if_concurrent_writers(store: Store) -> None:
     key = "models/m/production.json"
     store.write_bytes(key, b"v0")
     _, tag = store.read_tagged(key)
-    results: dict[int, bool] = {}
-    barrier = threading.Barrier(8)
-
-    def attempt(i: int) -> None:
-        barrier.wait()
-        results[i] = store.replace_if(key, f"writer {i}".encode(), tag)
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _race(8, lambda i: store.replace_if(key, f"writer {i}".encode(), tag))
     winners = [i for i, won in results.items() if won]
     assert len(winners) == 1
     assert store.read_bytes(key) == f"writer {winners[0]}".encode()

@@ -166,3 +166,17 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
     save_checkpoint(store, "runs/m/x/checkpoint.pt", {"epoch": 1, "w": torch.ones(2)})
     assert load_checkpoint(store, "runs/m/x/checkpoint.pt")["epoch"] == 1
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The GPU path's precision and memory-format switches, exercised on the CPU (bf16 autocast
+    exists there too), with class weights, label smoothing, AdamW and warm-up."""
+    root = _copy(synthetic_dataset, tmp_path)
+    config = TrainConfig(
+        preset="smoke", store=str(root), epochs=2, workers=0, precision="bf16", channels_last=True,
+        class_weights="balanced", label_smoothing=0.1, optimizer="adamw", lr=0.003, warmup_epochs=1,
+        schedule="step",
+    )  # fmt: skip
+    run = train(config, progress=False, log=lambda _: None)
+    assert all(torch.isfinite(torch.tensor(h.train_loss)) for h in run.history)
+    assert [round(h.lr, 6) for h in run.history] == [0.0003, 0.003]  # warm-up from lr/10

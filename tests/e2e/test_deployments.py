@@ -1,0 +1,92 @@
+"""The user path against real parts: `infra/serve.sh` (what `make serve` runs) starts `prefect
+server start` on a free port with a temporary PREFECT_HOME, creates the pools, runs `prefect deploy
+--all` and a process worker; then `prefect deployment run train-flow/smoke --watch` trains on a
+store holding ingested synthetic shards. Every process is stopped whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = Path(sys.executable).with_name("prefect")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(log: Path, text: str, server: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text(errors="replace"):
+        if server.poll() is not None:
+            pytest.fail(f"infra/serve.sh exited with {server.returncode}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} from infra/serve.sh within {seconds:.0f} s:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+
+
+def test_smoke_deployment_runs_on_a_real_server_and_worker(synthetic_dataset: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(synthetic_dataset, store)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_PORT": str(port),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT": str(PREFECT),
+        "GALAXY_PIPELINE_HOME": str(REPO),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            ["infra/serve.sh"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for(log, "Prefect UI:", server, 300)
+        listed = subprocess.run(
+            [str(PREFECT), "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+        for name in ("train-flow/cs-resnet50", "train-flow/resnet50", "train-flow/smoke", "ingest-flow/synthetic"):
+            assert name in listed, listed
+        config = {"preset": "smoke", "store": str(store), "workers": 0}
+        run = subprocess.run(
+            [str(PREFECT), "deployment", "run", "train-flow/smoke", "--param", f"config={json.dumps(config)}",
+             "--watch", "--watch-timeout", "600"],
+            env=env, capture_output=True, text=True, timeout=660,
+        )  # fmt: skip
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n--- serve.log ---\n{log.read_text()[-6000:]}"
+        assert "Completed" in run.stdout, run.stdout
+        cards = list((store / "models" / "cs_resnet_tiny").glob("*/card.json"))
+        assert len(cards) == 1, sorted(p.as_posix() for p in store.rglob("*"))
+        card = json.loads(cards[0].read_text())
+        assert set(card["metrics"]) == {"val", "test"}
+        assert 0.0 <= card["metrics"]["test"]["accuracy"] <= 1.0
+        assert card["config"]["store"] == str(store)
+        assert sorted(card["figures"]) == ["confusion_test.png", "confusion_val.png", "training_curves.png"]
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        # anything the script started in its session (server, worker, flow runs) goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
