@@ -14,6 +14,8 @@ labels_app = typer.Typer(help="Galaxy Zoo 2 vote tables and Table I labels.", no
 models_app = typer.Typer(help="Model architectures and the published models in a store.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
 datasets_app = typer.Typer(help="Dataset versions (WebDataset shards + manifest).", no_args_is_help=True)
+catalog_app = typer.Typer(help="Classification catalogs.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
 
@@ -327,6 +329,86 @@ def models_promote(
         raise _fail(str(err)) from err
     before = f" (was {production.previous})" if production.previous else ""
     typer.echo(f"{name}: production is now {version}{before}")
+
+
+@app.command()
+def classify(
+    store: Annotated[str, typer.Option(help="store with incoming/<batch_id>/ and models/")],
+    model: Annotated[str, typer.Option(help="NAME or NAME@VERSION (default version: production)")] = "cs_resnet50",
+    batch: Annotated[
+        list[str] | None, typer.Option(help="batch id (repeatable; default: every batch without a catalog)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 64,
+    workers: Annotated[int, typer.Option(help="image reading and decoding threads")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Classify survey batches into catalogs/<batch_id>/<model_version>/ (Parquet parts + manifest)."""
+    from pydantic import ValidationError
+
+    from galaxy_models.checkpoints import CheckpointError
+    from galaxy_models.classify import ClassifyConfig, classify_batch, pending_batches, resolve_card
+    from galaxy_models.storage import StorageError, open_store
+
+    try:
+        config = ClassifyConfig(
+            store=store, model=model, batches=batch, batch_size=batch_size, workers=workers, device=device
+        )
+        target = open_store(store)
+        card = resolve_card(target, config)
+        batches = config.batches if config.batches is not None else pending_batches(target, card.version)
+        results = [classify_batch(config, b, progress=not as_json) for b in batches]
+    except ValidationError as err:
+        raise _fail(str(err)) from err
+    except (ValueError, StorageError, CheckpointError, OSError) as err:
+        raise _fail(str(err)) from err
+    summary = {
+        "model": card.name, "version": card.version,
+        "batches": {m.batch_id: {"rows": m.rows, "flags": m.flags, "classes": m.classes, "committed": wrote}
+                    for m, wrote in results},
+    }  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    if not results:
+        typer.echo(f"nothing to classify: every batch has a catalog for {card.name}/{card.version}")
+        return
+    rows = [
+        [m.batch_id, str(m.rows), *(str(m.flags.get(f, 0)) for f in ("ok", "low_confidence", "unreadable")),
+         "written" if wrote else "already there"]
+        for m, wrote in results
+    ]  # fmt: skip
+    typer.echo(_table(["batch", "rows", "ok", "low confidence", "unreadable", "catalog"], rows))
+    typer.echo(f"model {card.name}/{card.version}; catalogs under {target.url('catalogs/')}")
+
+
+@catalog_app.command("export")
+def catalog_export(
+    store: Annotated[str, typer.Option(help="store with catalogs/ and models/")],
+    format: Annotated[str, typer.Option(help="csv or parquet")] = "parquet",
+    out: Annotated[str | None, typer.Option(help="local path or s3:// URI (default: exports/ in the store)")] = None,
+    model: Annotated[str, typer.Option(help="NAME or NAME@VERSION (default version: production)")] = "cs_resnet50",
+    as_json: JsonOption = False,
+) -> None:
+    """Merge every batch's catalog for one model version into one CSV or Parquet file (+ a PNG)."""
+    from pydantic import ValidationError
+
+    from galaxy_models.export import ExportConfig, export_catalogs
+    from galaxy_models.storage import StorageError
+
+    try:
+        summary = export_catalogs(ExportConfig(store=store, format=format, out=out, model=model))
+    except ValidationError as err:
+        raise _fail(str(err)) from err
+    except (ValueError, StorageError, OSError) as err:
+        raise _fail(str(err)) from err
+    if as_json:
+        typer.echo(summary.model_dump_json())
+        return
+    rows = [[label, str(n)] for label, n in summary.classes.items()]
+    rows += [[f"flag {flag}", str(n)] for flag, n in summary.flags.items()]
+    typer.echo(_table(["class", "galaxies"], rows))
+    typer.echo(f"{summary.rows} rows from {len(summary.batches)} batch(es) -> {summary.out} (figure: {summary.figure})")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,33 @@ def prepare_image(
     Raises:
         ImageRejected: with a reason fit for a quarantine record.
     """
+    crop, source_mode = crop_image(
+        data, name=name, crop_size=crop_size, expected_size=expected_size, max_pixels=max_pixels
+    )
+    pixels = np.asarray(crop, dtype=np.float32) / 255.0
+    buffer = io.BytesIO()
+    crop.save(buffer, format="JPEG", quality=quality)
+    return PreparedImage(
+        jpeg=buffer.getvalue(),
+        source_mode=source_mode,
+        channel_mean=tuple(float(v) for v in pixels.mean(axis=(0, 1))),  # type: ignore[arg-type]
+        channel_sq_mean=tuple(float(v) for v in np.square(pixels).mean(axis=(0, 1))),  # type: ignore[arg-type]
+    )
+
+
+def crop_image(
+    data: bytes,
+    *,
+    name: str,
+    crop_size: int = 224,
+    expected_size: int | None = 424,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[Image.Image, str]:
+    """The checks of ``prepare_image`` and the RGB centre crop, not re-encoded: (crop, source mode).
+
+    Raises:
+        ImageRejected: with a reason fit for a quarantine record or a catalog flag.
+    """
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     expected_format = FORMATS_BY_EXTENSION.get(_extension(name))
@@ -95,12 +122,4 @@ def prepare_image(
     rgb: Image.Image = image if source_mode == "RGB" else image.convert("RGB")
     left, top = (width - crop_size) // 2, (height - crop_size) // 2
     crop = rgb.crop((left, top, left + crop_size, top + crop_size))
-    pixels = np.asarray(crop, dtype=np.float32) / 255.0
-    buffer = io.BytesIO()
-    crop.save(buffer, format="JPEG", quality=quality)
-    return PreparedImage(
-        jpeg=buffer.getvalue(),
-        source_mode=source_mode,
-        channel_mean=tuple(float(v) for v in pixels.mean(axis=(0, 1))),  # type: ignore[arg-type]
-        channel_sq_mean=tuple(float(v) for v in np.square(pixels).mean(axis=(0, 1))),  # type: ignore[arg-type]
-    )
+    return crop, source_mode

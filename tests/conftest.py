@@ -74,12 +74,15 @@ def gz2_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding an ingested synthetic survey as dataset ``synthetic`` (what the smoke preset
-    trains on): 160 galaxies, 10 per shard. Tests copy it when they need to write."""
+    trains on): 160 galaxies, 10 per shard, and two incoming batches of 30 unlabelled images.
+    Tests copy it when they need to write."""
     from galaxy_models.ingest import IngestConfig, ingest
     from galaxy_models.survey import SynthConfig, synthesize_survey
 
     root = tmp_path_factory.mktemp("synthetic-store")
-    synthesize_survey(SynthConfig(store=str(root), n=160, seed=11, workers=2), progress=False)
+    synthesize_survey(
+        SynthConfig(store=str(root), n=160, seed=11, workers=2, incoming_batches=2, batch_size=30), progress=False
+    )
     raw = root / "raw" / "synthetic"
     ingest(
         IngestConfig(
