@@ -7,6 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+CORPUS_BATCH = "synthetic-batch-001"  # the incoming batch of the ``trained_store`` fixture that holds the corpus
+
 
 def jpeg(image: Image.Image, **options: object) -> bytes:
     buffer = io.BytesIO()

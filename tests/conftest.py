@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -91,4 +92,24 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         progress=False,
     )  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic store with a promoted one-epoch ``cs_resnet_tiny`` and the bad-image corpus
+    added to incoming batch 001. Tests copy it when they need to write."""
+    from badimages import CORPUS_BATCH, corpus
+
+    from galaxy_models.model_store import promote, publish_run
+    from galaxy_models.training import TrainConfig, evaluate_run, train
+
+    root = tmp_path_factory.mktemp("classify") / "store"
+    shutil.copytree(synthetic_dataset, root)
+    store = LocalStore(root)
+    run = train(TrainConfig(preset="smoke", store=str(root), epochs=1, workers=0), progress=False, log=lambda _: None)
+    card = publish_run(store, run, evaluate_run(run, workers=0))
+    promote(store, card.name, card.version)
+    for name, (data, _) in corpus().items():
+        store.write_bytes(f"incoming/{CORPUS_BATCH}/{name}", data)
     return root

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from badimages import CORPUS_BATCH as BATCH
 from badimages import corpus
 from typer.testing import CliRunner
 
@@ -29,22 +30,7 @@ from galaxy_models.model_store import promote, publish_run, read_card
 from galaxy_models.storage import LocalStore
 from galaxy_models.training import TrainConfig, evaluate_run, train
 
-BATCH = "synthetic-batch-001"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def trained_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The synthetic store with a promoted one-epoch model and the bad-image corpus in batch 001."""
-    root = tmp_path_factory.mktemp("classify") / "store"
-    shutil.copytree(synthetic_dataset, root)
-    store = LocalStore(root)
-    run = train(TrainConfig(preset="smoke", store=str(root), epochs=1, workers=0), progress=False, log=lambda _: None)
-    card = publish_run(store, run, evaluate_run(run, workers=0))
-    promote(store, card.name, card.version)
-    for name, (data, _) in corpus().items():
-        store.write_bytes(f"incoming/{BATCH}/{name}", data)
-    return root
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The user path against real parts: `infra/serve.sh` (what `make serve` runs) starts `prefect
 server start` on a free port with a temporary PREFECT_HOME, creates the pools, runs `prefect deploy
 --all` and a process worker; then `prefect deployment run train-flow/smoke --watch` trains on a
-store holding ingested synthetic shards. Every process is stopped whatever happens."""
+store holding ingested synthetic shards, and `classify-flow/nightly` (whose schedule is checked)
+classifies only the batch that has no catalog yet. Every process is stopped whatever happens."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+
+from galaxy_models.catalogs import read_catalog_manifest
+from galaxy_models.classify import ClassifyConfig, classify_batch
+from galaxy_models.model_store import promote
+from galaxy_models.storage import LocalStore
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).with_name("prefect")
@@ -62,8 +68,17 @@ def test_smoke_deployment_runs_on_a_real_server_and_worker(synthetic_dataset: Pa
         listed = subprocess.run(
             [str(PREFECT), "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120, check=True
         ).stdout
-        for name in ("train-flow/cs-resnet50", "train-flow/resnet50", "train-flow/smoke", "ingest-flow/synthetic"):
+        for name in (
+            "train-flow/cs-resnet50", "train-flow/resnet50", "train-flow/smoke", "ingest-flow/synthetic",
+            "classify-flow/nightly", "export-flow/catalog",
+        ):  # fmt: skip
             assert name in listed, listed
+        nightly = subprocess.run(
+            [str(PREFECT), "deployment", "inspect", "classify-flow/nightly"],
+            env=env, capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        assert "0 2 * * *" in nightly, nightly
+        assert "UTC" in nightly, nightly
         config = {"preset": "smoke", "store": str(store), "workers": 0}
         run = subprocess.run(
             [str(PREFECT), "deployment", "run", "train-flow/smoke", "--param", f"config={json.dumps(config)}",
@@ -79,6 +94,24 @@ def test_smoke_deployment_runs_on_a_real_server_and_worker(synthetic_dataset: Pa
         assert 0.0 <= card["metrics"]["test"]["accuracy"] <= 1.0
         assert card["config"]["store"] == str(store)
         assert sorted(card["figures"]) == ["confusion_test.png", "confusion_val.png", "training_curves.png"]
+
+        # The nightly classification, started from its deployment, classifies only the new batch.
+        promote(LocalStore(store), "cs_resnet_tiny", card["version"])
+        old, _ = classify_batch(
+            ClassifyConfig(store=str(store), model="cs_resnet_tiny"), "synthetic-batch-001", progress=False
+        )
+        classify = {"store": str(store), "model": "cs_resnet_tiny", "workers": 2}
+        run = subprocess.run(
+            [str(PREFECT), "deployment", "run", "classify-flow/nightly", "--param", f"config={json.dumps(classify)}",
+             "--watch", "--watch-timeout", "600"],
+            env=env, capture_output=True, text=True, timeout=660,
+        )  # fmt: skip
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n--- serve.log ---\n{log.read_text()[-6000:]}"
+        assert read_catalog_manifest(LocalStore(store), "synthetic-batch-001", card["version"]) == old
+        new = read_catalog_manifest(LocalStore(store), "synthetic-batch-002", card["version"])
+        assert new is not None
+        assert new.rows == 30
+        assert new.created_at > old.created_at
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
