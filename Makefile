@@ -25,12 +25,17 @@ demo: $(STAMP)
 		--store $(STORE) --name synthetic --samples-per-shard 200
 	$(BIN)/galaxy-pipeline models list
 	$(BIN)/galaxy-pipeline train --store $(STORE) --preset smoke --promote
+	$(BIN)/galaxy-pipeline classify --store $(STORE) --model cs_resnet_tiny
+	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format csv --out $(STORE)/exports/demo.csv
+	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format parquet --out $(STORE)/exports/demo.parquet
 	@echo
 	@echo "Synthetic survey images:  $(STORE)/raw/synthetic/images/"
 	@echo "Vote table (Kaggle fmt):  $(STORE)/raw/synthetic/labels.csv"
 	@echo "Dataset (shards+manifest): $(STORE)/datasets/synthetic/"
 	@echo "Trained models (cards):   $(STORE)/models/"
 	@echo "New survey batches:       $(STORE)/incoming/"
+	@echo "Catalogs (Parquet parts): $(STORE)/catalogs/"
+	@echo "Exports (+ .png figures): $(STORE)/exports/demo.csv, $(STORE)/exports/demo.parquet"
 
 # A local Prefect server, the cpu and gpu pools, every deployment, and a worker on the cpu pool.
 serve: $(STAMP)

@@ -379,7 +379,7 @@ def classify(
         for m, wrote in results
     ]  # fmt: skip
     typer.echo(_table(["batch", "rows", "ok", "low confidence", "unreadable", "catalog"], rows))
-    typer.echo(f"model {card.name}/{card.version}; catalogs under {target.url('catalogs/')}")
+    typer.echo(f"model {card.name}/{card.version}; catalogs under {target.uri.rstrip('/')}/catalogs/")
 
 
 @catalog_app.command("export")

@@ -357,6 +357,12 @@ def _train(config: TrainConfig, processes: _Processes, *, progress: bool, log: C
         restore_rng_state(state["rng"])
         if processes.main:
             log(f"resuming {prefix} at epoch {start_epoch + 1} of {config.epochs}")
+            threads = state.get("threads", torch.get_num_threads())
+            if config.deterministic and device.type == "cpu" and threads != torch.get_num_threads():
+                log(
+                    f"note: the checkpoint was written with {threads} CPU threads, this process has "
+                    f"{torch.get_num_threads()}; the result will not match an uninterrupted run bit for bit"
+                )
     elif processes.main:
         log(
             f"training {config.model} ({parameters:,} parameters) on {manifest.name}/{manifest.version} "
@@ -433,6 +439,7 @@ def _train(config: TrainConfig, processes: _Processes, *, progress: bool, log: C
                     "history": [h.model_dump() for h in history],
                     "seconds": elapsed,
                     "rng": rng_state(),
+                    "threads": torch.get_num_threads(),
                 },
             )
             log(

@@ -198,8 +198,13 @@ def test_classify_cli(root: Path) -> None:
     summary = json.loads(first.output.strip().splitlines()[-1])
     assert set(summary["batches"]) == {BATCH, "synthetic-batch-002"}
     assert all(b["committed"] for b in summary["batches"].values())
-    again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
-    assert again["batches"] == {}
+    again = runner.invoke(app, args[:-1])  # the table form
+    assert again.exit_code == 0, again.output
+    assert "nothing to classify" in again.output
+    named = runner.invoke(app, [*args[:-1], "--batch", "synthetic-batch-002"])
+    assert named.exit_code == 0, named.output
+    assert "already there" in named.output
+    assert f"catalogs under {root.resolve().as_uri()}/catalogs/" in named.output
     missing = runner.invoke(app, ["classify", "--store", str(root), "--model", "nope"])
     assert missing.exit_code == 2
     assert "model 'nope' has no production version" in missing.output
