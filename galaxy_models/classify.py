@@ -3,7 +3,8 @@
 Per part of a batch (a fixed slice of its image keys, see ``catalogs``): read the files from the
 store with a pool of threads, check and centre-crop them exactly as ingest does (an image that fails
 gets a row flagged ``unreadable`` with the reason, never silence), then run the model on batches
-with the preprocessing its card records: bf16 autocast and channels-last on a GPU, fp32 on a CPU.
+with the preprocessing its card records, through an inference engine (``engines``): bf16 autocast and
+channels-last on a GPU; OpenVINO on a CPU (bf16 where the CPU has it), or eager fp32 PyTorch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field, field_validator
-from torch import nn
 from tqdm import tqdm
 
 from galaxy_models.catalogs import (
@@ -37,6 +37,7 @@ from galaxy_models.catalogs import (
     write_part,
 )
 from galaxy_models.data import to_model_input
+from galaxy_models.engines import Engine, EngineName, create_engine
 from galaxy_models.images import ImageRejected, crop_image
 from galaxy_models.labels import GALAXY_ID_PATTERN
 from galaxy_models.model_store import ModelCard, check_name, load_model, model_prefix, read_card
@@ -55,6 +56,7 @@ class ClassifyConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="images per forward pass")
     part_size: int = Field(1000, ge=1, description="images per catalog part (and per inference task)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: EngineName = Field("auto", description="auto: openvino on a CPU where installed, else torch")
     workers: int = Field(4, ge=1, description="threads reading and decoding images")
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag rows whose top probability is below this")
     runner: Literal["default", "dask"] = Field("default", description="dask: parts run on a Dask cluster")
@@ -113,15 +115,17 @@ def device_for(config: ClassifyConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def input_size(card: ModelCard) -> int:
+    return card.preprocessing.image_size or card.preprocessing.crop_size
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_model(store_uri: str, name: str, version: str, device: str) -> tuple[nn.Module, ModelCard]:
-    """One copy of a model per process (a Dask worker runs many parts)."""
+def _cached_engine(
+    store_uri: str, name: str, version: str, device: str, engine: EngineName
+) -> tuple[Engine, ModelCard]:
+    """One compiled copy of a model per process (a Dask worker runs many parts)."""
     model, card = load_model(open_store(store_uri), name, version)
-    target = torch.device(device)
-    model = model.to(target)
-    if target.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model, card
+    return create_engine(model, torch.device(device), input_size(card), engine), card
 
 
 @dataclass
@@ -163,10 +167,9 @@ def classify_images(
     store: Store,
     batch_id: str,
     keys: Sequence[str],
-    model: nn.Module,
+    engine: Engine,
     card: ModelCard,
     *,
-    device: torch.device,
     batch_size: int = 64,
     workers: int = 4,
     low_confidence: float = 0.5,
@@ -174,8 +177,6 @@ def classify_images(
 ) -> pa.Table:
     """Catalog rows for ``keys`` (one per key, in order)."""
     preprocessing = card.preprocessing
-    channels_last = device.type == "cuda"
-    dtype = torch.bfloat16 if device.type == "cuda" else None
     rows: dict[str, list[object]] = {name: [] for name in ("source_key", "reason")}
     probabilities: list[np.ndarray] = []
     for batch in _decoded_batches(store, keys, preprocessing.crop_size, batch_size, workers):
@@ -183,11 +184,9 @@ def classify_images(
         p = np.full((len(batch), len(SHORT_LABELS)), np.nan, dtype=np.float32)
         if good:
             images = torch.from_numpy(np.stack([d.pixels for d in good])).permute(0, 3, 1, 2)  # type: ignore[misc]
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(to_model_input(images, preprocessing, device, channels_last))
-            p[[i for i, d in enumerate(batch) if d.pixels is not None]] = (
-                torch.softmax(logits.float(), dim=1).cpu().numpy()
-            )
+            with torch.inference_mode():
+                logits = engine(to_model_input(images, preprocessing, engine.device, engine.channels_last))
+            p[[i for i, d in enumerate(batch) if d.pixels is not None]] = torch.softmax(logits, dim=1).numpy()
         probabilities.append(p)
         rows["source_key"] += [d.key for d in batch]
         rows["reason"] += [d.reason for d in batch]
@@ -236,10 +235,10 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, *, prog
         return describe_part(store, key)
     keys = plan.parts()[index]
     device = device_for(config)
-    model, card = _cached_model(store.uri, plan.model_name, plan.model_version, str(device))
+    engine, card = _cached_engine(store.uri, plan.model_name, plan.model_version, str(device), config.engine)
     with tqdm(total=len(keys), desc=f"{plan.batch_id} part {index}", unit="img", disable=not progress) as bar:
         table = classify_images(
-            store, plan.batch_id, keys, model, card, device=device, batch_size=config.batch_size,
+            store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,
             workers=config.workers, low_confidence=config.low_confidence, progress=bar.update,
         )  # fmt: skip
     return write_part(store, key, table)

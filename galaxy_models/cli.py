@@ -341,6 +341,7 @@ def classify(
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 64,
     workers: Annotated[int, typer.Option(help="image reading and decoding threads")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto (openvino on a CPU where installed), torch or openvino")] = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Classify survey batches into catalogs/<batch_id>/<model_version>/ (Parquet parts + manifest)."""
@@ -352,8 +353,9 @@ def classify(
 
     try:
         config = ClassifyConfig(
-            store=store, model=model, batches=batch, batch_size=batch_size, workers=workers, device=device
-        )
+            store=store, model=model, batches=batch, batch_size=batch_size, workers=workers, device=device,
+            engine=engine,
+        )  # fmt: skip
         target = open_store(store)
         card = resolve_card(target, config)
         batches = config.batches if config.batches is not None else pending_batches(target, card.version)
