@@ -89,9 +89,7 @@ class OpenVINOEngine:
         return torch.from_numpy(np.array(result[0], dtype=np.float32))
 
 
-def create_engine(
-    model: nn.Module, device: torch.device, input_size: int, engine: EngineName = "auto"
-) -> Engine:
+def create_engine(model: nn.Module, device: torch.device, input_size: int, engine: EngineName = "auto") -> Engine:
     """The engine asked for; ``auto`` prefers OpenVINO on a CPU when it is installed."""
     if engine == "auto":
         engine = "openvino" if device.type == "cpu" and openvino_available() else "torch"
