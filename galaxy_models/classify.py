@@ -10,6 +10,7 @@ channels-last on a GPU; OpenVINO on a CPU (bf16 where the CPU has it), or eager 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,11 +120,15 @@ def input_size(card: ModelCard) -> int:
     return card.preprocessing.image_size or card.preprocessing.crop_size
 
 
+_ENGINE_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_engine(
     store_uri: str, name: str, version: str, device: str, engine: EngineName
 ) -> tuple[Engine, ModelCard]:
-    """One compiled copy of a model per process (a Dask worker runs many parts)."""
+    """One compiled copy of a model per process (a Dask worker runs many parts); callers hold
+    ``_ENGINE_LOCK`` so that threads classifying at once build it once."""
     model, card = load_model(open_store(store_uri), name, version)
     return create_engine(model, torch.device(device), input_size(card), engine), card
 
@@ -235,7 +240,8 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, *, prog
         return describe_part(store, key)
     keys = plan.parts()[index]
     device = device_for(config)
-    engine, card = _cached_engine(store.uri, plan.model_name, plan.model_version, str(device), config.engine)
+    with _ENGINE_LOCK:
+        engine, card = _cached_engine(store.uri, plan.model_name, plan.model_version, str(device), config.engine)
     with tqdm(total=len(keys), desc=f"{plan.batch_id} part {index}", unit="img", disable=not progress) as bar:
         table = classify_images(
             store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,

@@ -14,6 +14,7 @@ format, and returns float32 logits on the CPU.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from typing import Literal, Protocol
 
 import numpy as np
@@ -21,6 +22,9 @@ import torch
 from torch import nn
 
 EngineName = Literal["auto", "torch", "openvino"]
+
+# torch.export traces through process-wide dispatch state: two exports at once corrupt it
+_EXPORT_LOCK = threading.Lock()
 
 
 class Engine(Protocol):
@@ -72,7 +76,7 @@ class OpenVINOEngine:
         self.precision: str = precision
         example = torch.zeros(2, 3, input_size, input_size)
         batch = torch.export.Dim("batch", min=1, max=65536)
-        with torch.no_grad():  # export must not see inference-mode tensors
+        with _EXPORT_LOCK, torch.no_grad():  # export must not see inference-mode tensors
             exported = torch.export.export(model.eval().float(), (example,), dynamic_shapes=({0: batch},))
             converted = ov.convert_model(exported)
         properties = {
@@ -81,11 +85,14 @@ class OpenVINOEngine:
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # as many as torch would use (Dask sets 1)
         }
         self._compiled = core.compile_model(converted, "CPU", properties)
-        self._request = self._compiled.create_infer_request()
+        self._local = threading.local()  # an infer request serves one thread at a time
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
         x = np.ascontiguousarray(inputs.detach().float().cpu().numpy())
-        result = self._request.infer({0: x})
+        result = request.infer({0: x})
         return torch.from_numpy(np.array(result[0], dtype=np.float32))
 
 

@@ -3,6 +3,7 @@ rows it yields agree with eager PyTorch's."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,15 @@ def test_catalog_rows_from_openvino_agree_with_eager_pytorch(trained_store: Path
     top2 = np.sort(eager[columns].to_numpy(), axis=1)[:, -2:]
     assert (top2[differ.to_numpy(), 1] - top2[differ.to_numpy(), 0] < 0.05).all()
     assert differ.mean() <= 0.05
+
+
+@needs_openvino
+def test_one_openvino_engine_serves_threads_at_once() -> None:
+    model = _model()
+    engine = OpenVINOEngine(model, 64, precision="f32")
+    inputs = [torch.randn(4, 3, 64, 64) for _ in range(4)]
+    expected = [engine(x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(engine, inputs * 3))
+    for i, result in enumerate(got):
+        torch.testing.assert_close(result, expected[i % 4], atol=1e-6, rtol=1e-6)

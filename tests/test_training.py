@@ -3,6 +3,7 @@ torchrun (gloo), and checkpoints that refuse to run pickled code."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -73,6 +74,16 @@ def _final_weights(root: Path, config: TrainConfig) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
+def _training_command(config: TrainConfig, path: Path) -> list[str]:
+    path.write_text(config.model_dump_json())
+    return [sys.executable, "-m", "galaxy_models.training", str(path)]
+
+
+# Every phase runs in a fresh process with this environment: bit-for-bit equality needs the same
+# intra-op thread count (float sums are split by thread) and nothing left behind by earlier tests.
+TRAINING_ENV = {**os.environ, "GALAXY_NO_PROGRESS": "1", "OMP_NUM_THREADS": "2"}
+
+
 def test_a_killed_run_resumes_to_the_same_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
     """SIGKILL the training process after its first epoch's checkpoint; the restarted run continues
     from there and, deterministic on CPU, ends with exactly the weights of a run never interrupted."""
@@ -81,15 +92,10 @@ def test_a_killed_run_resumes_to_the_same_weights(synthetic_dataset: Path, tmp_p
     clean_root = _copy(synthetic_dataset, tmp_path, "clean")
     interrupted = TrainConfig(store=str(interrupted_root), **common)  # type: ignore[arg-type]
     clean = TrainConfig(store=str(clean_root), **common)  # type: ignore[arg-type]
-    config_file = tmp_path / "config.json"
-    config_file.write_text(interrupted.model_dump_json())
+    command = _training_command(interrupted, tmp_path / "interrupted.json")
     child = subprocess.Popen(
-        [sys.executable, "-m", "galaxy_models.training", str(config_file)],
-        # bit-for-bit equality needs the same intra-op thread count in both processes
-        env={**os.environ, "GALAXY_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        command, env=TRAINING_ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     store = LocalStore(interrupted_root)
     try:
         deadline = time.monotonic() + 120
@@ -105,12 +111,18 @@ def test_a_killed_run_resumes_to_the_same_weights(synthetic_dataset: Path, tmp_p
     (checkpoint,) = [k for k in store.list("runs/") if k.endswith("checkpoint.pt")]
     assert load_checkpoint(store, checkpoint)["epoch"] < 3
     assert not any(k.endswith("run.json") for k in store.list("runs/"))
-    lines: list[str] = []
-    resumed = train(interrupted, progress=False, log=lines.append)
-    assert any(line.startswith("resuming") for line in lines)
+    resumed = subprocess.run(command, env=TRAINING_ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = resumed.stdout.splitlines()
+    assert any(line.startswith("resuming") for line in lines), lines
     assert not any(line.startswith("note:") for line in lines), lines
-    assert [h.epoch for h in resumed.history] == [0, 1, 2]
-    train(clean, progress=False, log=lambda _: None)
+    (run_json,) = [k for k in store.list("runs/") if k.endswith("run.json")]
+    assert [h["epoch"] for h in json.loads(store.read_bytes(run_json))["history"]] == [0, 1, 2]
+    uninterrupted = subprocess.run(
+        _training_command(clean, tmp_path / "clean.json"), env=TRAINING_ENV, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     got, expected = _final_weights(interrupted_root, interrupted), _final_weights(clean_root, clean)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
