@@ -19,7 +19,7 @@ from pathlib import Path
 from galaxy_models.catalogs import SHORT_LABELS
 from galaxy_models.classify import ClassifyConfig, batch_images, classify_batch
 from galaxy_models.export import ExportConfig, export_catalogs
-from galaxy_models.model_store import ModelNotFoundError, promote, read_card
+from galaxy_models.model_store import list_versions, production_version, promote, read_card
 from galaxy_models.storage import LocalStore
 
 SURVEY = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "survey"
@@ -36,15 +36,12 @@ def main() -> None:
     if not batches:
         raise SystemExit(f"the real survey batches are not at {SURVEY}")
     store = LocalStore(args.store)
-    try:
-        card = read_card(store, args.model)
-    except ModelNotFoundError:
-        keys = [k for k in store.list(f"models/{args.model}/") if k.endswith("/card.json")]
-        if not keys:
-            raise SystemExit(f"no published {args.model!r} in {args.store}: run benchmarks/train_real.py") from None
-        newest = max((read_card(store, args.model, k.split("/")[2]) for k in keys), key=lambda c: c.created_at)
-        promote(store, newest.name, newest.version)
-        card = newest
+    if production_version(store, args.model) is None:
+        published = list_versions(store, args.model)  # oldest first
+        if not published:
+            raise SystemExit(f"no published {args.model!r} in {args.store}: run benchmarks/train_real.py")
+        promote(store, args.model, published[-1])
+    card = read_card(store, args.model)
     for batch in batches:
         for image in sorted((SURVEY / batch).glob("*.jpg")):
             key = f"incoming/{batch}/{image.name}"

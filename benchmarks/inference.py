@@ -39,15 +39,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from galaxy_models.catalogs import PROBABILITY_COLUMNS
 from galaxy_models.classify import classify_images
 from galaxy_models.data import Preprocessing
 from galaxy_models.engines import Engine, create_engine
-from galaxy_models.model_store import ModelCard, load_model, read_card
+from galaxy_models.model_store import ModelCard, list_versions, load_model, production_version
 from galaxy_models.registry import create_model
-from galaxy_models.storage import KeyNotFoundError, LocalStore
+from galaxy_models.storage import LocalStore
 
 SURVEY = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "survey"
-CLASS_COLUMNS = ["p_round", "p_in_between", "p_cigar", "p_edge_on", "p_spiral"]
+CLASS_COLUMNS = list(PROBABILITY_COLUMNS)
 
 
 def baseline(paths: list[Path], model: torch.nn.Module, pre: Preprocessing, batch_size: int) -> pa.Table:
@@ -75,16 +76,12 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, ModelCard | None, s
         torch.manual_seed(0)
         return create_model("cs_resnet50", num_classes=5).eval(), None, "cs_resnet50, random weights (seed 0)"
     store = LocalStore(args.store)
-    try:
-        version = read_card(store, args.model).version
-    except KeyNotFoundError:  # nothing promoted: the newest published version
-        cards = sorted(store.list(f"models/{args.model}/"))
-        versions = [k.split("/")[2] for k in cards if k.endswith("/card.json")]
-        if not versions:
-            raise SystemExit(
-                f"no published {args.model!r} in {args.store}: run benchmarks/train_real.py first, or pass --untrained"
-            ) from None
-        version = max(versions, key=lambda v: read_card(store, args.model, v).created_at)
+    published = list_versions(store, args.model)  # oldest first
+    version = production_version(store, args.model) or (published[-1] if published else None)
+    if version is None:
+        raise SystemExit(
+            f"no published {args.model!r} in {args.store}: run benchmarks/train_real.py first, or pass --untrained"
+        )
     model, card = load_model(store, args.model, version)
     return model, card, f"{card.name}/{card.version} (trained on {card.dataset['name']}/{card.dataset['version']})"
 
