@@ -4,7 +4,7 @@ Both read the training split, centre-crop to 224, apply the paper's augmentation
 brightness, contrast, standardisation) and batch. The baseline is the usual ImageFolder recipe:
 one 424x424 JPEG per sample decoded with Pillow, torchvision transforms image by image. Ours reads
 pre-cropped 224x224 JPEGs from WebDataset shards and keeps every step 8-bit: rotation and mirror
-as one Pillow resampling, brightness and contrast as one 256-entry lookup table, uint8 batches;
+as one OpenCV resampling, brightness and contrast as one 256-entry lookup table, uint8 batches;
 the standardisation to float runs in the main process, as a training step would, and is timed.
 Both rotate with nearest-neighbour resampling (torchvision's default) and keep their workers
 across epochs. Uses the real GZ2 data in ../shared/gz2 when present, else a synthetic survey.

@@ -6,11 +6,11 @@ augment -> batch -> ``WebLoader``. Errors re-raise by default: a truncated shard
 instead of silently losing the rest of it.
 
 Augmentation follows the paper (rotation, flips, brightness and contrast, then standardisation).
-Everything up to the batch stays 8-bit: rotation and flips in Pillow, brightness and contrast as
-one 256-entry lookup table per image. The loaders yield uint8 batches, a quarter of the bytes of
-float ones; ``standardize`` turns them into model input on the device that trains,
-where it is one cheap multiply-add. With the pre-cropped 224 JPEGs (3.6x fewer pixels to decode)
-that is where this loader's speed comes from.
+Everything up to the batch stays 8-bit: rotation and flips as one OpenCV resampling, brightness and
+contrast as one 256-entry lookup table per image. The loaders yield uint8 batches, a quarter of the
+bytes of float ones; ``standardize`` turns them into model input on the device that trains, where
+it is one cheap multiply-add. With the pre-cropped 224 JPEGs (3.6x fewer pixels to decode) that is
+where this loader's speed comes from.
 
 Training loaders repeat their shards and stop after the same number of batches on every rank,
 as DDP requires.
@@ -25,15 +25,20 @@ from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from pydantic import BaseModel, Field
 from torchvision.io import decode_jpeg
 
 from galaxy_models.shards import DatasetManifest, S3Opener, iter_shard_streams, shard_urls
 from galaxy_models.storage import Store
+
+# OpenCV runs sequentially in this process and its DataLoader workers: the workers are the
+# parallelism, a 224x224 image is too small to split across threads, and a worker that resizes a
+# thread pool inherited through fork() deadlocks.
+cv2.setNumThreads(1)
 
 
 class Augmentation(BaseModel):
@@ -110,66 +115,66 @@ def to_model_input(
     return x
 
 
-def orient(image: Image.Image, augmentation: Augmentation, rng: random.Random) -> Image.Image:
-    """Random rotation and flips of one 8-bit image in Pillow, as a single resampling pass.
+def orient(pixels: np.ndarray, augmentation: Augmentation, rng: random.Random) -> np.ndarray:
+    """Random rotation and flips of one (H, W, 3) uint8 image, as a single OpenCV resampling pass.
 
     A uniform rotation followed by random horizontal and vertical flips is the same distribution as
     one uniform rotation of an image mirrored with probability 1/2 (a vertical flip is a horizontal
-    one turned by 180 degrees), so rotation and mirror become one affine map.
+    one turned by 180 degrees), so rotation and mirror become one affine map. The map turns about the
+    image centre with pixel centres on integer coordinates: quarter turns and the mirror are exact
+    pixel permutations. Corners that rotate in from outside the image are black (the sky is dark).
+    Returns a new array, or ``pixels`` itself when nothing moves.
     """
     mirror = augmentation.flips and rng.random() < 0.5
     if not augmentation.rotation:
-        if mirror:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if augmentation.flips and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        return image
+        flip_up_down = augmentation.flips and rng.random() < 0.5
+        if mirror or flip_up_down:  # OpenCV's codes: 1 left-right, 0 up-down, -1 both
+            return cv2.flip(pixels, -1 if mirror and flip_up_down else int(mirror))
+        return pixels
     angle = math.radians(rng.uniform(0.0, 360.0))
     cos, sin = math.cos(angle), math.sin(angle)
     sx = -1.0 if mirror else 1.0
-    cx, cy = image.width / 2.0, image.height / 2.0
-    # output (x, y) -> source: centre, rotate, mirror, back (Pillow samples at pixel centres)
+    height, width = pixels.shape[:2]
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    # output (x, y) -> source: centre, rotate, mirror, back
     a, b, d, e = sx * cos, sx * sin, -sin, cos
-    matrix = (a, b, cx - a * cx - b * cy, d, e, cy - d * cx - e * cy)
-    resample = Image.Resampling.NEAREST if augmentation.interpolation == "nearest" else Image.Resampling.BILINEAR
-    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=resample)
+    matrix = np.array([[a, b, cx - a * cx - b * cy], [d, e, cy - d * cx - e * cy]])
+    resample = cv2.INTER_NEAREST if augmentation.interpolation == "nearest" else cv2.INTER_LINEAR
+    return cv2.warpAffine(
+        pixels, matrix, (width, height), flags=resample | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
+    )
 
 
 _LEVELS = np.arange(256, dtype=np.float64)
-_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, as Pillow's and torchvision's grey
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's and torchvision's grey
 
 
-def colour_table(image: torch.Tensor, augmentation: Augmentation, rng: random.Random) -> bytes | None:
-    """A random brightness-then-contrast change of one uint8 (3, H, W) image, as a 256-byte table.
+def colour_table(pixels: np.ndarray, augmentation: Augmentation, rng: random.Random) -> np.ndarray | None:
+    """A random brightness-then-contrast change of one (H, W, 3) uint8 image, as a 256-entry table.
 
     torchvision's ``ColorJitter`` maths: brightness scales by b and clips; contrast blends with the
     image's mean grey level by c. Once that mean is known both act on each pixel value alone, so
-    the pair is one lookup table, applied with ``bytes.translate`` (C speed, no float image). The
-    mean is b times the grey mean taken on every fourth row and column: saturated pixels are not
-    clipped before averaging, which moves it by well under a grey level on GZ2 crops.
-    ``None`` when both strengths are zero.
+    the pair is one lookup table (``cv2.LUT``: no float image). The mean is b times the grey mean of
+    the original: saturated pixels are not clipped before averaging, which moves it by well under a
+    grey level on GZ2 crops. ``None`` when both strengths are zero.
     """
     if augmentation.brightness == 0.0 and augmentation.contrast == 0.0:
         return None
     b = rng.uniform(1.0 - augmentation.brightness, 1.0 + augmentation.brightness)
     c = rng.uniform(1.0 - augmentation.contrast, 1.0 + augmentation.contrast)
-    # reduced over the (H, W, 3) view: the decoder's memory order, twice as fast as over (3, H, W)
-    channel_means = image.permute(1, 2, 0)[::4, ::4].float().mean(dim=(0, 1))
-    grey = min(255.0, b * float(channel_means @ _LUMA))
+    red, green, blue, _ = cv2.mean(pixels)
+    grey = min(255.0, b * (_LUMA[0] * red + _LUMA[1] * green + _LUMA[2] * blue))
     levels = np.minimum(_LEVELS * b, 255.0)
     levels -= grey
     levels *= c
     levels += grey + 0.5  # then truncation rounds
-    return np.clip(levels, 0.0, 255.0).astype(np.uint8).tobytes()
+    return np.clip(levels, 0.0, 255.0).astype(np.uint8)
 
 
-def recolour(image: torch.Tensor, augmentation: Augmentation, rng: random.Random) -> torch.Tensor:
-    """``colour_table`` applied: a new uint8 (3, H, W) image."""
-    table = colour_table(image, augmentation, rng)
-    if table is None:
-        return image.clone()
-    pixels = image.contiguous().numpy().tobytes().translate(table)
-    return torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(image.shape)
+def recolour(pixels: np.ndarray, augmentation: Augmentation, rng: random.Random) -> np.ndarray:
+    """``colour_table`` applied: a new (H, W, 3) uint8 image."""
+    table = colour_table(pixels, augmentation, rng)
+    return pixels.copy() if table is None else cv2.LUT(pixels, table)
 
 
 def _decode_chw(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -187,13 +192,13 @@ def _decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
 def _decode_augmented(
     sample: dict[str, Any], augmentation: Augmentation, rng: random.Random
 ) -> tuple[torch.Tensor, int]:
-    image, label = _decode_chw(sample)
-    table = colour_table(image, augmentation, rng)
-    oriented = orient(Image.fromarray(image.permute(1, 2, 0).numpy()), augmentation, rng)
-    pixels = oriented.tobytes()  # (H, W, 3), straight out of Pillow
+    image, label = _decode(sample)
+    pixels = image.numpy()  # shares the decoder's buffer, which nothing else holds
+    table = colour_table(pixels, augmentation, rng)
+    pixels = orient(pixels, augmentation, rng)
     if table is not None:
-        pixels = pixels.translate(table)
-    return torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(oriented.height, oriented.width, 3), label
+        cv2.LUT(pixels, table, dst=pixels)
+    return torch.from_numpy(pixels), label
 
 
 def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

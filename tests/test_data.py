@@ -57,10 +57,10 @@ def test_train_loader_gives_full_batches_for_one_epoch(dataset: tuple[LocalStore
 
 
 def test_colour_off_is_identity() -> None:
-    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     off = Augmentation(brightness=0.0, contrast=0.0)
-    assert colour_table(image, off, random.Random(0)) is None
-    assert torch.equal(recolour(image, off, random.Random(0)), image)
+    assert colour_table(pixels, off, random.Random(0)) is None
+    assert np.array_equal(recolour(pixels, off, random.Random(0)), pixels)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -71,7 +71,8 @@ def test_recolour_matches_torchvision_brightness_then_contrast(seed: int) -> Non
     core = 230.0 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 120.0)
     image = (core + 12.0 + 6.0 * torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(seed))).to(torch.uint8)
     aug = Augmentation(brightness=0.3, contrast=0.3)
-    got = recolour(image, aug, random.Random(seed))
+    got = torch.from_numpy(recolour(image.permute(1, 2, 0).contiguous().numpy(), aug, random.Random(seed)))
+    got = got.permute(2, 0, 1)
     rng = random.Random(seed)
     b, c = rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3)
     expected = F.adjust_contrast(F.adjust_brightness(image, b), c)
@@ -83,14 +84,14 @@ def test_recolour_matches_torchvision_brightness_then_contrast(seed: int) -> Non
 def test_orient_rotates_and_flips(interpolation: str) -> None:
     pixels = np.zeros((64, 64, 3), dtype=np.uint8)
     pixels[:, :8] = 255  # a bright band on the left edge
-    image = Image.fromarray(pixels)
     flips_only = Augmentation(rotation=False, interpolation=interpolation)  # type: ignore[arg-type]
-    outcomes = {np.asarray(orient(image, flips_only, random.Random(s)))[:, -4:].mean() > 200 for s in range(20)}
+    outcomes = {orient(pixels, flips_only, random.Random(s))[:, -4:].mean() > 200 for s in range(20)}
     assert outcomes == {True, False}  # sometimes flipped to the right edge, sometimes not
-    rotated = np.asarray(orient(image, Augmentation(flips=False, interpolation=interpolation), random.Random(1)))  # type: ignore[arg-type]
+    rotated = orient(pixels, Augmentation(flips=False, interpolation=interpolation), random.Random(1))  # type: ignore[arg-type]
     assert rotated.shape == pixels.shape
     assert not np.array_equal(rotated, pixels)
-    still = np.asarray(orient(image, Augmentation(rotation=False, flips=False), random.Random(0)))
+    assert pixels[:, :8].min() == 255  # the input is untouched
+    still = orient(pixels, Augmentation(rotation=False, flips=False), random.Random(0))
     assert np.array_equal(still, pixels)
 
 
@@ -134,11 +135,30 @@ def test_orient_is_pixel_exact(mirror: bool, angle: float, same_as: list[Image.T
     lossless transposes."""
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
-    got = np.asarray(orient(image, Augmentation(), _FixedRandom(0.1 if mirror else 0.9, angle)))
+    got = orient(pixels, Augmentation(), _FixedRandom(0.1 if mirror else 0.9, angle))
     expected = image
     for step in same_as:
         expected = expected.transpose(step)
     assert np.array_equal(got, np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+    ("draws", "expected"),
+    [
+        ((0.9, 0.9), lambda a: a),
+        ((0.1, 0.9), lambda a: a[:, ::-1]),
+        ((0.9, 0.1), lambda a: a[::-1]),
+        ((0.1, 0.1), lambda a: a[::-1, ::-1]),
+    ],
+)
+def test_flips_without_rotation_are_exact(draws: tuple[float, float], expected: object) -> None:
+    """With rotation off, the first draw mirrors left-right and the second flips up-down."""
+    pixels = np.random.default_rng(1).integers(0, 256, (24, 16, 3), dtype=np.uint8)
+    rng = random.Random(0)
+    values = iter(draws)
+    rng.random = lambda: next(values)  # type: ignore[method-assign]
+    got = orient(pixels, Augmentation(rotation=False), rng)
+    assert np.array_equal(got, expected(pixels))  # type: ignore[operator]
 
 
 def test_truncated_shard_stops_a_strict_loader(dataset: tuple[LocalStore, DatasetManifest], tmp_path: Path) -> None:
@@ -224,6 +244,16 @@ def test_train_loader_applies_orientation(dataset: tuple[LocalStore, DatasetMani
     unturned = sorted_pixels(still)
     assert torch.isfinite(unturned).all()
     assert not torch.allclose(unturned, sorted_pixels(turned))
+
+
+def test_workers_start_after_augmenting_in_process(dataset: tuple[LocalStore, DatasetManifest]) -> None:
+    """Augmenting in the main process first, then forking DataLoader workers, must not hang them
+    (an OpenCV thread pool resized after fork() deadlocks; the workers would wait forever)."""
+    store, manifest = dataset
+    for workers in (0, 2):
+        loader = make_loader(store, manifest, "val", batch_size=4, train=True, workers=workers)
+        images, _ = next(iter(loader))
+        assert images.shape == (4, 3, 224, 224)
 
 
 def test_an_epoch_depends_only_on_seed_and_epoch(dataset: tuple[LocalStore, DatasetManifest]) -> None:
