@@ -64,7 +64,7 @@ def main() -> None:
     classes = {label: sum(m.classes.get(str(c), 0) for m in manifests) for c, label in enumerate(SHORT_LABELS)}
     flags = {flag: sum(m.flags.get(flag, 0) for m in manifests) for flag in ("ok", "low_confidence", "unreadable")}
     print(f"\n{images} survey images in {len(batches)} batches, {rows} catalog rows, model {card.name}/{card.version}")
-    print(f"(input {card.preprocessing.image_size or card.preprocessing.crop_size} px; {seconds:.0f} s this run)\n")
+    print(f"(input {card.preprocessing.input_size} px; {seconds:.0f} s this run)\n")
     print("| class | galaxies | share |\n| --- | ---: | ---: |")
     for label, n in classes.items():
         print(f"| {label} | {n:,} | {100 * n / rows:.1f}% |")

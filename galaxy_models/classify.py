@@ -116,10 +116,6 @@ def device_for(config: ClassifyConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def input_size(card: ModelCard) -> int:
-    return card.preprocessing.image_size or card.preprocessing.crop_size
-
-
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -130,7 +126,7 @@ def _cached_engine(
     """One compiled copy of a model per process (a Dask worker runs many parts); callers hold
     ``_ENGINE_LOCK`` so that threads classifying at once build it once."""
     model, card = load_model(open_store(store_uri), name, version)
-    return create_engine(model, torch.device(device), input_size(card), engine), card
+    return create_engine(model, torch.device(device), card.preprocessing.input_size, engine), card
 
 
 @dataclass

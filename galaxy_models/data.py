@@ -61,6 +61,11 @@ class Preprocessing(BaseModel):
     std: list[float]
     image_size: int | None = Field(None, description="side the model sees, if the crop is resized (None: as stored)")
 
+    @property
+    def input_size(self) -> int:
+        """Side of the square the model sees."""
+        return self.image_size or self.crop_size
+
     @classmethod
     def from_manifest(cls, manifest: DatasetManifest, image_size: int | None = None) -> Preprocessing:
         size = None if image_size in (None, manifest.crop_size) else image_size
@@ -177,16 +182,11 @@ def recolour(pixels: np.ndarray, augmentation: Augmentation, rng: random.Random)
     return pixels.copy() if table is None else cv2.LUT(pixels, table)
 
 
-def _decode_chw(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """-> (3, H, W) uint8 and the class. torchvision's decoder: about twice as fast as Pillow's here.
-    Its output is a channels-last view: the (H, W, 3) pixels are contiguous."""
-    return decode_jpeg(torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)), int(sample["cls"])
-
-
 def _decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """-> (H, W, 3) uint8, contiguous, and the class."""
-    image, label = _decode_chw(sample)
-    return image.permute(1, 2, 0), label
+    """-> (H, W, 3) uint8, contiguous, and the class. torchvision's decoder, about twice as fast as
+    Pillow's here, returns a (3, H, W) view of (H, W, 3) pixels: permuting back copies nothing."""
+    image = decode_jpeg(torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8))
+    return image.permute(1, 2, 0), int(sample["cls"])
 
 
 def _decode_augmented(

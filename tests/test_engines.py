@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from galaxy_models.classify import batch_images, classify_images, input_size
+from galaxy_models.classify import batch_images, classify_images
 from galaxy_models.engines import OpenVINOEngine, TorchEngine, create_engine, openvino_available
 from galaxy_models.model_store import load_model
 from galaxy_models.registry import create_model
@@ -65,9 +65,10 @@ def test_catalog_rows_from_openvino_agree_with_eager_pytorch(trained_store: Path
     store = LocalStore(trained_store)
     model, card = load_model(store, "cs_resnet_tiny")
     keys = batch_images(store, "synthetic-batch-002")
+    size = card.preprocessing.input_size
     tables = {
         name: classify_images(
-            store, "synthetic-batch-002", keys, create_engine(model, torch.device("cpu"), input_size(card), name),
+            store, "synthetic-batch-002", keys, create_engine(model, torch.device("cpu"), size, name),
             card, batch_size=16, workers=2,
         )
         for name in ("torch", "openvino")
