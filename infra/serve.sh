@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # A local Prefect stack for this checkout: server (SQLite), the cpu and gpu work pools, every
-# deployment in prefect.yaml, and a process worker on one pool, in the foreground. Ctrl-C (or a
-# SIGTERM to this script) stops the worker and the server.
+# deployment in prefect.yaml, and a process worker on one pool, in the foreground.
+#
+# Ctrl-C, SIGTERM or SIGHUP to this script, at any point (also while it still waits for the server
+# or deploys), stops the stack in order and the script exits within about 10 s: the worker (or the
+# setup step then running) first, then the server. Each of them runs in a process group of its own,
+# which gets SIGTERM and, whatever of it is left after 3 s, SIGKILL; so nothing they spawned stays
+# behind. The script itself only ever waits in `wait`, so its trap runs as soon as a signal comes.
 #
 #   PREFECT_PORT   server port (4200)          POOL     pool the worker serves (cpu)
 #   PREFECT_HOME   Prefect's state directory   PREFECT  the prefect executable (.venv/bin/prefect)
@@ -15,18 +20,74 @@ export PREFECT_API_URL="http://127.0.0.1:${port}/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export GALAXY_PIPELINE_HOME="${GALAXY_PIPELINE_HOME:-$(pwd)}"
 
-pids=()
-stop() {
-    trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap stop EXIT INT TERM
+grace=3   # seconds a process group gets between SIGTERM and SIGKILL
+server="" step="" worker=""   # process group ids (= the pids of the processes started)
 
-"$prefect" server start --host 127.0.0.1 --port "$port" &
-pids+=("$!")
+# Runs "$@" in the background, stdin from /dev/null, in a process group of its own, and sets $last
+# to its pid. Job control is on just for the `&`: it makes the new group, and it keeps bash from
+# starting the command with SIGINT ignored (what it does to background commands without job
+# control), which made the worker ignore the SIGINT its own SIGTERM handler sends it.
+start() {
+    set -m
+    "$@" </dev/null &
+    last=$!
+    set +m
+}
+
+# A setup step, waited for with `wait` so that a signal to the script is handled at once.
+run_step() {
+    start "$@"
+    step=$last
+    wait "$step"
+    step=""
+}
+
+# Whether any process of group $1 is still alive (zombies do not count; without ps, they do).
+alive() {
+    if command -v ps >/dev/null; then
+        ps -A -o pgid= -o stat= | awk -v group="$1" '$1 == group && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+    else
+        kill -0 -- "-$1" 2>/dev/null
+    fi
+}
+
+# SIGTERM to group $1, then SIGKILL to what is left of it after $grace seconds.
+stop_group() {
+    local group="$1" i
+    kill -TERM -- "-$group" 2>/dev/null || return 0
+    for ((i = 0; i < grace * 10; i++)); do
+        alive "$group" || return 0
+        sleep 0.1
+    done
+    echo "serve.sh: process group $group did not stop within ${grace} s; killing it" >&2
+    kill -KILL -- "-$group" 2>/dev/null || true
+}
+
+stop() {
+    trap '' INT TERM HUP   # one stop at a time
+    trap - EXIT
+    set +m
+    # The worker (or the setup step then running) first, the server last; in between, anything
+    # started but not yet recorded when the signal came (`jobs -p` lists what this shell started).
+    local group others=()
+    for group in $(jobs -p); do
+        [[ " $worker $step $server " == *" $group "* ]] || others+=("$group")
+    done
+    for group in "$worker" "$step" "${others[@]}" "$server"; do
+        [[ -n "$group" ]] || continue
+        stop_group "$group"
+        wait "$group" 2>/dev/null || true   # reap it, so that no zombie outlives the script
+    done
+}
+trap stop EXIT
+trap 'stop; exit 129' HUP
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+
+start "$prefect" server start --host 127.0.0.1 --port "$port"
+server=$last
 echo "waiting for the Prefect server on port ${port}..."
-"$python" - "$PREFECT_API_URL" <<'PY'
+health_check=$(cat <<'PY'
 import sys, time, urllib.request
 url, deadline = sys.argv[1] + "/health", time.monotonic() + 180
 while True:
@@ -38,11 +99,13 @@ while True:
             sys.exit(f"the Prefect server did not answer at {url} within 180 s")
         time.sleep(1)
 PY
+)
+run_step "$python" -c "$health_check" "$PREFECT_API_URL"
 for name in cpu gpu; do
-    "$prefect" work-pool create "$name" --type process --overwrite >/dev/null
+    run_step "$prefect" work-pool create "$name" --type process --overwrite >/dev/null
 done
-"$prefect" --no-prompt deploy --all
+run_step "$prefect" --no-prompt deploy --all
 echo "Prefect UI: http://127.0.0.1:${port}   worker: pool ${pool}"
-"$prefect" worker start --pool "$pool" &
-pids+=("$!")
-wait "${pids[-1]}"
+start "$prefect" worker start --pool "$pool"
+worker=$last
+wait "$worker"
