@@ -4,7 +4,7 @@ model trained on ../shared/gz2/labelled, then exported; prints the class distrib
 The batches are copied into the store's ``incoming/`` (files already there are kept), the model is
 the production version of ``--model`` in the store that ``benchmarks/train_real.py`` fills (if none
 is promoted, its newest published version is promoted first), and classification is the project's
-own ``classify_batch``, so a re-run finds the catalogs and writes nothing.
+own ``classify_pending`` (as the CLI and classify-flow), so a re-run finds the catalogs and writes nothing.
 
     .venv/bin/python benchmarks/classify_survey.py [--model cs_resnet50]
 """
@@ -16,10 +16,12 @@ import json
 import time
 from pathlib import Path
 
-from galaxy_models.catalogs import SHORT_LABELS
-from galaxy_models.classify import ClassifyConfig, batch_images, classify_batch
-from galaxy_models.export import ExportConfig, export_catalogs
-from galaxy_models.model_store import list_versions, production_version, promote, read_card
+from galaxy_models.catalogs.export import ExportConfig, export_catalogs
+from galaxy_models.catalogs.incoming import batch_images
+from galaxy_models.domain import CLASS_NAMES, FLAGS
+from galaxy_models.inference.classify import classify_pending
+from galaxy_models.inference.config import ClassifyConfig
+from galaxy_models.registry.cards import list_versions, production_version, promote, read_card
 from galaxy_models.storage import LocalStore
 
 SURVEY = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "survey"
@@ -47,13 +49,15 @@ def main() -> None:
             key = f"incoming/{batch}/{image.name}"
             if not store.exists(key):
                 store.write_bytes(key, image.read_bytes())
-    config = ClassifyConfig(store=store.uri, model=f"{card.name}@{card.version}", engine=args.engine, workers=2)
+    config = ClassifyConfig(
+        store=store.uri, model=f"{card.name}@{card.version}", engine=args.engine, workers=2, batches=tuple(batches)
+    )
     started = time.perf_counter()
-    manifests = []
-    for batch in batches:
-        manifest, wrote = classify_batch(config, batch)
-        print(f"{batch}: {manifest.rows} rows ({'written' if wrote else 'already there'})")
-        manifests.append(manifest)
+    report = classify_pending(config)
+    for result in report.batches:
+        state = "written" if result.committed else "already there"
+        print(f"{result.manifest.batch_id}: {result.manifest.rows} rows ({state})")
+    manifests = [result.manifest for result in report.batches]
     seconds = time.perf_counter() - started
     summary = export_catalogs(
         ExportConfig(store=store.uri, model=f"{card.name}@{card.version}", format="parquet",
@@ -61,8 +65,8 @@ def main() -> None:
     )  # fmt: skip
     rows = sum(m.rows for m in manifests)
     images = sum(len(batch_images(store, b)) for b in batches)
-    classes = {label: sum(m.classes.get(str(c), 0) for m in manifests) for c, label in enumerate(SHORT_LABELS)}
-    flags = {flag: sum(m.flags.get(flag, 0) for m in manifests) for flag in ("ok", "low_confidence", "unreadable")}
+    classes = {label: sum(m.classes.get(str(c), 0) for m in manifests) for c, label in enumerate(CLASS_NAMES)}
+    flags = {flag: sum(m.flags.get(flag, 0) for m in manifests) for flag in FLAGS}
     print(f"\n{images} survey images in {len(batches)} batches, {rows} catalog rows, model {card.name}/{card.version}")
     print(f"(input {card.preprocessing.input_size} px; {seconds:.0f} s this run)\n")
     print("| class | galaxies | share |\n| --- | ---: | ---: |")

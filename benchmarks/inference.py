@@ -39,12 +39,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from galaxy_models.catalogs import PROBABILITY_COLUMNS
-from galaxy_models.classify import classify_images
-from galaxy_models.data import Preprocessing
-from galaxy_models.engines import Engine, create_engine
-from galaxy_models.model_store import ModelCard, list_versions, load_model, production_version
-from galaxy_models.registry import create_model
+from galaxy_models.catalogs.schema import PROBABILITY_COLUMNS
+from galaxy_models.inference.classify import classify_images
+from galaxy_models.inference.engines import Engine, create_engine
+from galaxy_models.models.architectures import create_model
+from galaxy_models.models.preprocessing import Preprocessing
+from galaxy_models.registry.cards import ModelCard, list_versions, production_version
+from galaxy_models.registry.weights import load_model
 from galaxy_models.storage import LocalStore
 
 SURVEY = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "survey"

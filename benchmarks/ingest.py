@@ -26,7 +26,7 @@ from pathlib import Path
 
 import boto3
 
-from galaxy_models.ingest import IngestConfig, ingest
+from galaxy_models.data.ingest import IngestConfig, ingest
 from galaxy_models.storage import LocalStore, S3Store, Store
 
 GZ2 = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "labelled"

@@ -29,11 +29,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from galaxy_models.data import Preprocessing, make_loader, standardize
-from galaxy_models.ingest import IngestConfig, ingest, load_labels
-from galaxy_models.shards import DatasetManifest
+from galaxy_models.data.ingest import IngestConfig, ingest, load_labels
+from galaxy_models.data.loader import make_loader
+from galaxy_models.data.manifest import DatasetManifest
+from galaxy_models.models.preprocessing import Preprocessing, standardize
 from galaxy_models.storage import LocalStore
-from galaxy_models.survey import SynthConfig, synthesize_survey
+from galaxy_models.synth.survey import SynthConfig, synthesize_survey
 
 GZ2 = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "labelled"
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from galaxy_models.storage import LocalStore
-from galaxy_models.survey import SynthConfig, synthesize_survey
+from galaxy_models.synth.survey import SynthConfig, synthesize_survey
 
 
 def measure(n: int, workers: int) -> dict[str, float]:

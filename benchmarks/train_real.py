@@ -2,7 +2,8 @@
 Table V (validation and test), per-class accuracy, parameters and training images/s.
 
 Ingests ../shared/gz2/labelled into a local store (once), then trains each model through torchrun
-(``launch``), evaluates the best epoch's weights and publishes them to the store's model registry.
+(``train_evaluate_publish``, as the CLI and train-flow do), evaluates the best epoch's weights and
+publishes them to the store's model registry.
 Runs resume after an interruption: start the script again with the same arguments.
 
     .venv/bin/python benchmarks/train_real.py --image-size 112 --epochs 15 --batch-size 32
@@ -16,13 +17,11 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
-
-from galaxy_models.evaluation import Metrics, per_class_table, table_v
-from galaxy_models.ingest import IngestConfig, ingest
-from galaxy_models.model_store import publish_run
+from galaxy_models.data.ingest import IngestConfig, ingest
+from galaxy_models.metrics import Metrics, per_class_table, table_v
 from galaxy_models.storage import LocalStore
-from galaxy_models.training import TrainConfig, evaluate_run, launch
+from galaxy_models.training.config import TrainConfig
+from galaxy_models.training.pipeline import train_evaluate_publish
 
 GZ2 = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "labelled"
 MODELS = ("resnet50", "cs_resnet50")
@@ -64,9 +63,8 @@ def main() -> None:
                 preset=args.preset or "paper", store=str(args.store), dataset="gz2", model=model,
                 seed=seed, workers=args.workers, **overrides,
             )  # fmt: skip
-            run = launch(config, processes=1 if not torch.cuda.is_available() else None)
-            metrics = evaluate_run(run, workers=args.workers)
-            card = publish_run(store, run, metrics)
+            outcome = train_evaluate_publish(config, progress=False)
+            run, card, metrics = outcome.run, outcome.card, outcome.card.metrics
             results[model].append(
                 {
                     "seed": seed, "version": card.version, "parameters": run.parameters,

@@ -1,5 +1,5 @@
 """Prefect 3 flows that orchestrate ``galaxy_models``: ingest, train, classify and export.
 
 Each flow is a short story of typed tasks; the work itself lives in the library, which does not
-import Prefect. The flows arrive with the issues that build them.
+import Prefect. `steps.PrefectSteps` runs the library's pipeline steps as Prefect tasks.
 """

@@ -7,7 +7,8 @@ fraction that reached its question. Table I is applied to those columns as publi
 
 from __future__ import annotations
 
-import re
+import codecs
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -15,12 +16,12 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from galaxy_models.domain import CLASS_NAMES, NAME_PATTERN, NAME_RULE
+
 ID_COLUMN = "GalaxyID"
 NO_CLASS = -1
-CLASS_NAMES: tuple[str, ...] = ("round", "in-between", "cigar", "edge-on", "spiral")
 # Values may stray past [0, 1] by rounding in the published table (seen: 1e-6).
 RANGE_TOLERANCE = 1e-6
-GALAXY_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,9 @@ def validate_votes(frame: pd.DataFrame) -> None:
     if frame.empty:
         raise ValueError("vote table has no rows")
     ids = frame[ID_COLUMN].astype(str)
-    bad_ids = ~ids.str.fullmatch(GALAXY_ID_PATTERN.pattern)
+    bad_ids = ~ids.str.fullmatch(NAME_PATTERN.pattern)
     if bad_ids.any():
-        raise ValueError(
-            f"invalid {ID_COLUMN} (must match {GALAXY_ID_PATTERN.pattern}): {_describe_rows(frame, bad_ids)}"
-        )
+        raise ValueError(f"invalid {ID_COLUMN} (use {NAME_RULE}): {_describe_rows(frame, bad_ids)}")
     duplicated = ids.duplicated(keep=False)
     if duplicated.any():
         raise ValueError(f"duplicate {ID_COLUMN}: {_describe_rows(frame, duplicated)}")
@@ -168,6 +167,22 @@ def read_votes(source: str | IO[bytes] | IO[str]) -> pd.DataFrame:
     Validation happens in ``assign_classes`` (or call ``validate_votes``), before anything is labelled.
     """
     return pd.read_csv(source, dtype={ID_COLUMN: str})
+
+
+def parse_votes(data: bytes, source: str) -> pd.DataFrame:
+    """``read_votes`` over a file's bytes, first refusing with a ``ValueError`` naming ``source`` a
+    file that is not text (an image, an archive, a spreadsheet) instead of a parser's complaint."""
+    head = data[:65536]
+    if b"\x00" in head:
+        raise ValueError(f"{source} is not a text CSV file (it holds binary data); give the vote table (CSV)")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(data) <= len(head))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{source} is not a UTF-8 text CSV file (byte {err.start} is {head[err.start : err.start + 1]!r}); "
+            "give the vote table (CSV)"
+        ) from None
+    return read_votes(io.BytesIO(data))
 
 
 def class_counts(classes: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> dict[str, object]:

@@ -1,11 +1,24 @@
-"""Human-readable reports of pipeline results (plain data and markdown; Prefect renders them)."""
+"""What people read about a pipeline's results: the tables and markdown that the CLI prints and the
+flows publish as Prefect artifacts. Plain data in, plain data out; no torch, no Prefect.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from galaxy_models.shards import DatasetManifest
-from galaxy_models.splits import SPLITS
+from galaxy_models.catalogs.export import ExportSummary
+from galaxy_models.catalogs.manifest import CatalogManifest
+from galaxy_models.data.manifest import DatasetManifest
+from galaxy_models.data.splits import SPLITS
+from galaxy_models.metrics import per_class_table, table_v
+from galaxy_models.registry.cards import ModelCard
+from galaxy_models.storage import Store
+
+
+def artifact_key(kind: str, name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) for ``kind`` of result about ``name``."""
+    return f"{kind}-{name}".lower().replace("_", "-")
 
 
 def split_table(manifest: DatasetManifest) -> list[dict[str, Any]]:
@@ -70,3 +83,53 @@ def ingest_markdown(manifest: DatasetManifest, manifest_uri: str, *, max_quarant
         if len(manifest.quarantine) > max_quarantine:
             lines.append(f"| ... | {len(manifest.quarantine) - max_quarantine} more in the manifest |")
     return "\n".join(lines) + "\n"
+
+
+def training_rows(card: ModelCard) -> list[dict[str, Any]]:
+    """Table V metrics of a published model, one row per split, in percent."""
+    return [
+        {"split": split, "images": m.samples, "accuracy %": round(100 * m.accuracy, 2),
+         "precision %": round(100 * m.precision, 2), "recall %": round(100 * m.recall, 2),
+         "F1 %": round(100 * m.f1, 2)}
+        for split, m in card.metrics.items()
+    ]  # fmt: skip
+
+
+def training_markdown(card: ModelCard, store: Store) -> str:
+    """A published model: what it is, how it was trained, Table V and per-class accuracy per split,
+    and where its files are."""
+    prefix = f"models/{card.name}/{card.version}"
+    sections = [
+        f"# {card.name} {card.version}",
+        f"{card.architecture}, {card.parameters:,} parameters, trained on {card.dataset['name']}/"
+        f"{card.dataset['version']}; best epoch {card.best_epoch + 1}, "
+        f"{card.training_images_per_second:.1f} training images/s on {card.hardware.get('device')} "
+        f"x{card.hardware.get('processes')}.",
+    ]
+    for split, m in card.metrics.items():
+        sections += [f"## {split}", table_v({card.architecture: m}), per_class_table({card.architecture: m})]
+    sections += ["## Files", *(f"- {store.url(f'{prefix}/{name}')}" for name in ["card.json", *card.figures])]
+    return "\n\n".join(sections)
+
+
+def classify_rows(manifests: Sequence[CatalogManifest]) -> list[dict[str, Any]]:
+    """Catalog rows per batch: flags and predicted classes."""
+    return [
+        {"batch": m.batch_id, "rows": m.rows, **m.flags, **{f"class {k}": v for k, v in m.classes.items()}}
+        for m in manifests
+    ]
+
+
+def export_rows(summary: ExportSummary) -> list[dict[str, Any]]:
+    """Galaxies per predicted class, then per flag, in an export."""
+    rows: list[dict[str, Any]] = [{"class": label, "galaxies": n} for label, n in summary.classes.items()]
+    rows += [{"class": f"flag: {flag}", "galaxies": n} for flag, n in summary.flags.items()]
+    return rows
+
+
+def export_markdown(summary: ExportSummary) -> str:
+    return (
+        f"# Catalog export: {summary.model_name} {summary.model_version}\n\n"
+        f"{summary.rows} galaxies from batches {', '.join(summary.batches)}.\n\n"
+        f"- file: {summary.out}\n- class distribution and confidence histogram: {summary.figure}\n"
+    )

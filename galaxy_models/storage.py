@@ -42,6 +42,10 @@ class KeyNotFoundError(StorageError, FileNotFoundError):
     """The key does not exist in the store."""
 
 
+class StoreNotFoundError(StorageError):
+    """The store itself does not exist, or holds nothing."""
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if it is a safe relative object key, else raise ``ValueError`` naming it.
 
@@ -143,6 +147,14 @@ class Store(ABC):
         """Compare and swap: write ``data`` only if the object is still the version ``tag`` names
         (``None``: only if there is no object). Returns whether this call wrote it."""
 
+    @abstractmethod
+    def root_exists(self) -> bool:
+        """Whether the store's root (directory or bucket) exists."""
+
+    @abstractmethod
+    def is_empty(self) -> bool:
+        """Whether the store holds no object at all."""
+
     def url(self, key: str) -> str:
         """The full URI of ``key``."""
         return f"{self.uri.rstrip('/')}/{check_key(key)}"
@@ -169,6 +181,13 @@ class LocalStore(Store):
 
     def path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
+
+    def root_exists(self) -> bool:
+        return self.root.is_dir()
+
+    def is_empty(self) -> bool:
+        with os.scandir(self.root) as entries:
+            return not any(not e.name.startswith(_TEMP_PREFIX) for e in entries)
 
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)
@@ -321,6 +340,21 @@ class S3Store(Store):
         except BotoCoreError as err:
             raise StorageError(f"cannot reach {self.uri} (key {key!r}): {err}") from err
 
+    def root_exists(self) -> bool:
+        try:
+            with self._errors(""):
+                self.client.head_bucket(Bucket=self.bucket)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    def is_empty(self) -> bool:
+        with self._errors(""):
+            page = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "", MaxKeys=1
+            )
+        return not page.get("Contents")
+
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
@@ -408,6 +442,20 @@ def open_store(uri: str | os.PathLike[str], s3: S3Config | None = None) -> Store
     if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
         raise ValueError(f"unsupported store URI {text!r}: use a local path, file:// or s3://")
     return LocalStore(text)
+
+
+def require_store(uri: str | os.PathLike[str], s3: S3Config | None = None) -> Store:
+    """``open_store``, refusing a store that does not exist or is empty.
+
+    Raises:
+        StoreNotFoundError: saying which of the two.
+    """
+    store = open_store(uri, s3)
+    if not store.root_exists():
+        raise StoreNotFoundError(f"store {os.fspath(uri)!r} does not exist ({store.uri})")
+    if store.is_empty():
+        raise StoreNotFoundError(f"store {os.fspath(uri)!r} is empty (nothing under {store.uri})")
+    return store
 
 
 def split_uri(uri: str | os.PathLike[str]) -> tuple[str, str]:

@@ -77,8 +77,8 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding an ingested synthetic survey as dataset ``synthetic`` (what the smoke preset
     trains on): 160 galaxies, 10 per shard, and two incoming batches of 30 unlabelled images.
     Tests copy it when they need to write."""
-    from galaxy_models.ingest import IngestConfig, ingest
-    from galaxy_models.survey import SynthConfig, synthesize_survey
+    from galaxy_models.data.ingest import IngestConfig, ingest
+    from galaxy_models.synth.survey import SynthConfig, synthesize_survey
 
     root = tmp_path_factory.mktemp("synthetic-store")
     synthesize_survey(
@@ -101,8 +101,11 @@ def trained_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
     added to incoming batch 001. Tests copy it when they need to write."""
     from badimages import CORPUS_BATCH, corpus
 
-    from galaxy_models.model_store import promote, publish_run
-    from galaxy_models.training import TrainConfig, evaluate_run, train
+    from galaxy_models.registry.cards import promote
+    from galaxy_models.training.config import TrainConfig
+    from galaxy_models.training.evaluation import evaluate_run
+    from galaxy_models.training.loop import train
+    from galaxy_models.training.publishing import publish_run
 
     root = tmp_path_factory.mktemp("classify") / "store"
     shutil.copytree(synthetic_dataset, root)

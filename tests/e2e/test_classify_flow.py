@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from galaxy_models.catalogs import read_catalog, read_catalog_manifest
-from galaxy_models.classify import ClassifyConfig
-from galaxy_models.export import ExportConfig
+from galaxy_models.catalogs.export import ExportConfig
+from galaxy_models.catalogs.manifest import read_catalog, read_catalog_manifest
+from galaxy_models.inference.config import ClassifyConfig
 from galaxy_models.storage import LocalStore
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_models.catalogs import read_catalog_manifest
-from galaxy_models.classify import ClassifyConfig, classify_batch
-from galaxy_models.model_store import promote
+from galaxy_models.catalogs.manifest import read_catalog_manifest
+from galaxy_models.inference.classify import classify_batch
+from galaxy_models.inference.config import ClassifyConfig
+from galaxy_models.registry.cards import promote
 from galaxy_models.storage import LocalStore
 
 REPO = Path(__file__).resolve().parents[2]

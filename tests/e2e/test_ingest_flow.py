@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_models.ingest import IngestConfig
-from galaxy_models.shards import read_manifest, verify_dataset
+from galaxy_models.data.ingest import IngestConfig
+from galaxy_models.data.manifest import read_manifest
+from galaxy_models.data.shards import verify_dataset
 from galaxy_models.storage import LocalStore
-from galaxy_models.survey import SynthConfig, synthesize_survey
+from galaxy_models.synth.survey import SynthConfig, synthesize_survey
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_models.model_store import read_card
+from galaxy_models.registry.cards import read_card
 from galaxy_models.storage import LocalStore
-from galaxy_models.training import TrainConfig
+from galaxy_models.training.config import TrainConfig
 
 
 @pytest.mark.usefixtures("prefect_server")

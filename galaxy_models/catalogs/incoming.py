@@ -1,0 +1,48 @@
+"""Survey batches waiting for classification: ``incoming/<batch_id>/<GalaxyID>.jpg``.
+
+A batch is a folder directly under ``incoming/`` whose name is a valid ID; its images are the
+``.jpg``, ``.jpeg`` and ``.png`` files directly inside it.
+"""
+
+from __future__ import annotations
+
+from galaxy_models.catalogs.manifest import read_catalog_manifest
+from galaxy_models.domain import check_name
+from galaxy_models.storage import KeyNotFoundError, Store
+
+INCOMING = "incoming"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class BatchNotFoundError(KeyNotFoundError):
+    """No such batch under incoming/, or one without images."""
+
+
+def list_batches(store: Store) -> list[str]:
+    return sorted({k.split("/")[1] for k in store.list(f"{INCOMING}/") if k.count("/") >= 2})
+
+
+def batch_images(store: Store, batch_id: str) -> list[str]:
+    """The image keys of a batch, sorted; empty if the batch has none (or does not exist)."""
+    prefix = f"{INCOMING}/{check_name(batch_id, 'batch id')}/"
+    return [k for k in store.list(prefix) if k.lower().endswith(IMAGE_EXTENSIONS) and k.count("/") == 2]
+
+
+def require_images(store: Store, batch_id: str) -> list[str]:
+    """``batch_images``, or ``BatchNotFoundError`` saying whether the batch is missing or has no images."""
+    keys = batch_images(store, batch_id)
+    if keys:
+        return keys
+    folder = store.url(f"{INCOMING}/{batch_id}")
+    if not store.list(f"{INCOMING}/{batch_id}/"):
+        known = ", ".join(list_batches(store)) or "none"
+        raise BatchNotFoundError(f"batch {batch_id!r} does not exist: no folder {folder}/ (batches: {known})")
+    raise BatchNotFoundError(
+        f"batch {batch_id!r} has no images: {folder}/ holds no {', '.join(IMAGE_EXTENSIONS)} files"
+    )
+
+
+def pending_batches(store: Store, model_version: str) -> list[str]:
+    """Batches with images and no complete catalog for ``model_version``."""
+    batches = [b for b in list_batches(store) if batch_images(store, b)]
+    return [b for b in batches if read_catalog_manifest(store, b, model_version) is None]

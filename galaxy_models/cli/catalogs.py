@@ -1,0 +1,84 @@
+"""Commands on catalogs: ``classify`` and ``catalog export``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from galaxy_models.cli.app import JsonOption, StoreOption, app, catalog_app, existing_store, table
+
+ModelOption = Annotated[str, typer.Option(help="NAME or NAME@VERSION (default version: production)")]
+
+
+@app.command()
+def classify(
+    store: StoreOption,
+    model: ModelOption = "cs_resnet50",
+    batch: Annotated[
+        list[str] | None, typer.Option(help="batch id (repeatable; default: every batch without a catalog)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 64,
+    workers: Annotated[int, typer.Option(help="image reading and decoding threads")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto (openvino on a CPU where installed), torch or openvino")] = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Classify survey batches into catalogs/<batch_id>/<model_version>/ (Parquet parts + manifest)."""
+    from galaxy_models.catalogs.incoming import require_images
+    from galaxy_models.domain import FLAGS
+    from galaxy_models.inference.config import ClassifyConfig
+    from galaxy_models.registry.cards import resolve
+
+    config = ClassifyConfig(
+        store=store, model=model, batches=tuple(batch) if batch else None, batch_size=batch_size, workers=workers,
+        device=device, engine=engine,
+    )  # fmt: skip
+    target = existing_store(store)
+    resolve(target, config.ref)  # an unknown model or one without production is told before torch loads
+    for batch_id in config.batches or ():
+        require_images(target, batch_id)
+    from galaxy_models.inference.classify import classify_pending
+
+    report = classify_pending(config, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report.summary()))
+        return
+    card = report.card
+    if not report.batches:
+        typer.echo(f"nothing to classify: every batch has a catalog for {card.name}/{card.version}")
+        return
+    rows = [
+        [r.manifest.batch_id, str(r.manifest.rows), *(str(r.manifest.flags.get(f, 0)) for f in FLAGS),
+         "written" if r.committed else "already there"]
+        for r in report.batches
+    ]  # fmt: skip
+    headers = ["batch", "rows", *(f.replace("_", " ") for f in FLAGS), "catalog"]
+    typer.echo(table(headers, rows))
+    typer.echo(f"model {card.name}/{card.version}; catalogs under {target.uri.rstrip('/')}/catalogs/")
+
+
+@catalog_app.command("export")
+def catalog_export(
+    store: StoreOption,
+    format: Annotated[
+        str | None, typer.Option(help="csv or parquet (default: from --out's extension, else parquet)")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="local path or s3:// URI (default: exports/ in the store)")] = None,
+    model: ModelOption = "cs_resnet50",
+    as_json: JsonOption = False,
+) -> None:
+    """Merge every batch's catalog for one model version into one CSV or Parquet file (+ a PNG)."""
+    from galaxy_models.catalogs.export import ExportConfig, export_catalogs
+
+    config = ExportConfig(store=store, format=format, out=out, model=model)
+    existing_store(store)
+    summary = export_catalogs(config)
+    if as_json:
+        typer.echo(summary.model_dump_json())
+        return
+    rows = [[label, str(n)] for label, n in summary.classes.items()]
+    rows += [[f"flag {flag}", str(n)] for flag, n in summary.flags.items()]
+    typer.echo(table(["class", "galaxies"], rows))
+    typer.echo(f"{summary.rows} rows from {len(summary.batches)} batch(es) -> {summary.out} (figure: {summary.figure})")

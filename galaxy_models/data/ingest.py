@@ -1,0 +1,332 @@
+"""Ingest: survey images + vote table in object storage -> a labelled, split, verified dataset version.
+
+The steps are separate functions so that ``flows/ingest.py`` can run each as a Prefect task;
+``ingest`` chains them for the CLI and for use without a server. The dataset version is derived
+from the content (labels file hash, image list, settings), so a re-run with the same inputs finds
+the complete manifest and writes nothing, and a run interrupted before its manifest is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from galaxy_models.data.images import ImageRejected, PreparedImage, prepare_image
+from galaxy_models.data.manifest import (
+    MANIFEST,
+    DatasetManifest,
+    IngestCounts,
+    Normalization,
+    QuarantineEntry,
+    ShardInfo,
+    dataset_prefix,
+)
+from galaxy_models.data.splits import SPLITS, SplitRatios, stratified_split
+from galaxy_models.data.writer import write_shards
+from galaxy_models.domain import CLASS_NAMES, Name, galaxy_id_from_key, is_name
+from galaxy_models.labels import ID_COLUMN, NO_CLASS, VOTE_COLUMNS, assign_classes, parse_votes
+from galaxy_models.progress import progress_counter
+from galaxy_models.steps import IN_PROCESS, Steps
+from galaxy_models.storage import Store, open_store, read_uri
+
+
+class IngestConfig(BaseModel):
+    """Parameters of ingest-flow and ``galaxy-pipeline ingest``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    images: str = Field(description="URI of the folder holding <GalaxyID>.jpg images (local path or s3://)")
+    labels: str = Field(description="URI of the Kaggle-format vote table (CSV)")
+    store: str = Field(description="store URI the dataset is written to")
+    name: Name = Field("gz2", description="dataset name under datasets/")
+    split: SplitRatios = Field(default_factory=SplitRatios, description="fractions of each class per split")
+    seed: int = Field(0, ge=0, description="seed of the stratified split")
+    crop_size: int = Field(224, ge=32, le=4096, description="side of the stored centre crop (paper: 224)")
+    expected_size: int | None = Field(424, ge=1, description="required square image side; None accepts any")
+    jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of stored crops")
+    samples_per_shard: int = Field(1000, ge=1, le=1_000_000)
+    workers: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256, description="threads")
+
+    def content_settings(self) -> dict[str, Any]:
+        """The settings that change the dataset's bytes (not where it comes from or how fast)."""
+        return self.model_dump(mode="json", exclude={"images", "labels", "store", "workers"})
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    votes: pd.DataFrame
+    classes: np.ndarray
+    sha256: str
+    uri: str
+
+
+@dataclass
+class JoinResult:
+    """Which listed images are candidates for the dataset, and what happened to the rest."""
+
+    candidates: pd.DataFrame  # galaxy_id, source_key, label, row
+    images_listed: int
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+    without_label: list[str] = field(default_factory=list)
+    without_class: list[str] = field(default_factory=list)
+    labels_without_image: list[str] = field(default_factory=list)
+
+    def require_candidates(self, images_uri: str) -> None:
+        """Raise ``ValueError`` explaining where the images went if none can enter the dataset."""
+        if self.candidates.empty:
+            raise ValueError(
+                f"nothing to ingest from {images_uri}: {self.images_listed} images listed, "
+                f"{len(self.without_label)} without a vote-table row, {len(self.without_class)} without a "
+                f"Table I class, {len(self.quarantine)} quarantined"
+            )
+
+
+@dataclass
+class SplitResult:
+    split: str
+    shards: list[ShardInfo]
+    quarantine: list[QuarantineEntry]
+    converted_to_rgb: int
+    channel_sums: np.ndarray  # sum of per-image channel means (3,) and of mean squares (3,)
+
+
+def load_labels(uri: str) -> LabelTable:
+    """Read and validate the vote table and apply Table I. Invalid tables raise ``ValueError``."""
+    data = read_uri(uri)
+    votes = parse_votes(data, uri)
+    try:
+        classes = assign_classes(votes)
+    except ValueError as err:
+        raise ValueError(f"invalid vote table {uri}: {err}") from err
+    return LabelTable(votes, classes, hashlib.sha256(data).hexdigest(), uri)
+
+
+def list_images(uri: str) -> list[str]:
+    """Every object under the images folder (keys relative to it), sorted."""
+    return open_store(uri).list()
+
+
+def join_labels_and_images(labels: LabelTable, image_keys: list[str]) -> JoinResult:
+    """Match image files to vote-table rows by GalaxyID (the file name without extension)."""
+    row_of = {gid: i for i, gid in enumerate(labels.votes[ID_COLUMN].astype(str))}
+    result = JoinResult(candidates=pd.DataFrame(), images_listed=len(image_keys))
+    first_key: dict[str, str] = {}
+    rows = []
+    for key in image_keys:
+        gid = galaxy_id_from_key(key)
+        if not is_name(gid):
+            result.quarantine.append(
+                QuarantineEntry(source_key=key, galaxy_id=None, reason="file name is not a valid GalaxyID")
+            )
+            continue
+        if gid in first_key:
+            reason = f"duplicate GalaxyID {gid}: {first_key[gid]} is used"
+            result.quarantine.append(QuarantineEntry(source_key=key, galaxy_id=gid, reason=reason))
+            continue
+        first_key[gid] = key
+        row = row_of.get(gid)
+        if row is None:
+            result.without_label.append(key)
+        elif labels.classes[row] == NO_CLASS:
+            result.without_class.append(key)
+        else:
+            rows.append((gid, key, int(labels.classes[row]), row))
+    result.candidates = pd.DataFrame(rows, columns=["galaxy_id", "source_key", "label", "row"])
+    result.labels_without_image = sorted(set(row_of) - set(first_key))
+    return result
+
+
+def dataset_version(config: IngestConfig, labels: LabelTable, image_keys: list[str]) -> str:
+    """A version name derived from the content: labels hash, image list and content settings."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config.content_settings(), sort_keys=True).encode())
+    digest.update(labels.sha256.encode())
+    for key in image_keys:
+        digest.update(key.encode() + b"\n")
+    return "v" + digest.hexdigest()[:16]
+
+
+def find_complete(store: Store, name: str, version: str) -> DatasetManifest | None:
+    key = f"{dataset_prefix(name, version)}/{MANIFEST}"
+    return DatasetManifest.model_validate_json(store.read_bytes(key)) if store.exists(key) else None
+
+
+def _prepare(
+    images: Store, config: IngestConfig, row: tuple[str, str, int, int]
+) -> tuple[tuple[str, str, int, int], PreparedImage | ImageRejected]:
+    """One candidate image read, checked and cropped, or the reason it was refused."""
+    try:
+        return row, prepare_image(
+            images.read_bytes(row[1]),
+            name=row[1],
+            crop_size=config.crop_size,
+            expected_size=config.expected_size,
+            quality=config.jpeg_quality,
+        )
+    except ImageRejected as err:
+        return row, err
+
+
+def _sample(gid: str, label: int, source_uri: str, prepared: PreparedImage, votes: np.ndarray) -> dict[str, Any]:
+    """A WebDataset sample: the crop, its class, and what it came from."""
+    return {
+        "__key__": gid,
+        "jpg": prepared.jpeg,
+        "cls": label,
+        "json": {
+            "galaxy_id": gid,
+            "class": label,
+            "class_name": CLASS_NAMES[label],
+            "source_key": source_uri,
+            "source_mode": prepared.source_mode,
+            "votes": dict(zip(VOTE_COLUMNS, votes.round(9).tolist(), strict=True)),
+        },
+    }
+
+
+def shard_split(
+    config: IngestConfig,
+    store: Store,
+    version: str,
+    split: str,
+    members: pd.DataFrame,
+    labels: LabelTable,
+    *,
+    workdir: Path,
+    progress: bool = True,
+) -> SplitResult:
+    """Read, check and crop one split's images in parallel threads and write its shards."""
+    images = open_store(config.images)
+    result = SplitResult(split, [], [], 0, np.zeros(6))
+    votes = labels.votes[list(VOTE_COLUMNS)].to_numpy(dtype=float)
+
+    def samples() -> Iterator[dict[str, Any]]:
+        rows = list(members[["galaxy_id", "source_key", "label", "row"]].itertuples(index=False, name=None))
+        with (
+            ThreadPoolExecutor(config.workers) as pool,
+            progress_counter(total=len(rows), desc=f"ingest {split}", unit="img", enabled=progress) as bar,
+        ):
+            for (gid, key, label, row), prepared in pool.map(partial(_prepare, images, config), rows):
+                bar.update()
+                if isinstance(prepared, ImageRejected):
+                    result.quarantine.append(QuarantineEntry(source_key=key, galaxy_id=gid, reason=prepared.reason))
+                    continue
+                result.converted_to_rgb += prepared.source_mode != "RGB"
+                result.channel_sums += np.array([*prepared.channel_mean, *prepared.channel_sq_mean])
+                yield _sample(gid, label, images.url(key), prepared, votes[row])
+
+    prefix = dataset_prefix(config.name, version)
+    result.shards = write_shards(
+        store, prefix, split, samples(), samples_per_shard=config.samples_per_shard, workdir=workdir
+    )
+    return result
+
+
+def build_manifest(
+    config: IngestConfig, version: str, labels: LabelTable, joined: JoinResult, results: list[SplitResult]
+) -> DatasetManifest:
+    """Assemble the manifest; normalisation statistics come from the training split."""
+    shards = [s for r in results for s in r.shards]
+    totals = {
+        r.split: {str(k): sum(s.classes.get(str(k), 0) for s in r.shards) for k in range(len(CLASS_NAMES))}
+        for r in results
+    }
+    quarantine = joined.quarantine + [q for r in results for q in r.quarantine]
+    train = next(r for r in results if r.split == "train")
+    n_train = sum(s.samples for s in train.shards)
+    mean = train.channel_sums[:3] / max(n_train, 1)
+    std = np.sqrt(np.maximum(train.channel_sums[3:] / max(n_train, 1) - mean**2, 1e-12))
+    counts = IngestCounts(
+        images_listed=joined.images_listed,
+        sharded=sum(s.samples for s in shards),
+        quarantined=len(quarantine),
+        without_label=len(joined.without_label),
+        without_class=len(joined.without_class),
+        labels_without_image=len(joined.labels_without_image),
+        converted_to_rgb=sum(r.converted_to_rgb for r in results),
+    )
+    if not counts.adds_up:
+        raise RuntimeError(f"ingest counts do not add up: {counts.model_dump()}")
+    return DatasetManifest(
+        name=config.name,
+        version=version,
+        created_at=datetime.now(UTC),
+        images_uri=open_store(config.images).uri,
+        labels_uri=labels.uri,
+        labels_sha256=labels.sha256,
+        config=config.model_dump(mode="json", exclude={"workers"}),
+        class_names=list(CLASS_NAMES),
+        crop_size=config.crop_size,
+        normalization=Normalization(mean=mean.round(6).tolist(), std=std.round(6).tolist()),
+        shards=shards,
+        totals=totals,
+        counts=counts,
+        quarantine=quarantine,
+    )
+
+
+def commit_manifest(store: Store, manifest: DatasetManifest) -> DatasetManifest:
+    """Write the manifest if no run has yet; the first complete manifest of a version wins."""
+    key = f"{manifest.prefix}/{MANIFEST}"
+    if store.create_if_absent(key, manifest.model_dump_json(indent=2).encode()):
+        return manifest
+    return DatasetManifest.model_validate_json(store.read_bytes(key))
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    manifest: DatasetManifest
+    manifest_uri: str
+    created: bool  # False when a complete manifest already existed
+
+
+def write_split(
+    config: IngestConfig,
+    store: Store,
+    version: str,
+    split: str,
+    members: pd.DataFrame,
+    labels: LabelTable,
+    *,
+    progress: bool = True,
+) -> SplitResult:
+    """``shard_split`` with a temporary working directory for the shards before they are uploaded."""
+    with tempfile.TemporaryDirectory(prefix="galaxy-ingest-") as workdir:
+        return shard_split(config, store, version, split, members, labels, workdir=Path(workdir), progress=progress)
+
+
+def ingest(
+    config: IngestConfig, *, store: Store | None = None, progress: bool = True, steps: Steps = IN_PROCESS
+) -> IngestResult:
+    """Label, join, split, check, crop and shard, then commit the manifest; each a step of ``steps``
+    (ingest-flow runs them as Prefect tasks). A version that is already complete is returned as it is."""
+    store = store or open_store(config.store)
+    labels = steps.run("read-labels", load_labels, config.labels)
+    image_keys = steps.run("list-images", list_images, config.images)
+    joined = steps.run("join", join_labels_and_images, labels, image_keys)
+    version = dataset_version(config, labels, image_keys)
+    existing = steps.run("find-complete", find_complete, store, config.name, version)
+    if existing is not None:
+        return IngestResult(existing, store.url(f"{existing.prefix}/{MANIFEST}"), created=False)
+    joined.require_candidates(config.images)
+    splits = steps.run("split", stratified_split, joined.candidates, config.split, config.seed)
+    results = [
+        steps.run(f"write-{name}", write_split, config, store, version, name, splits[name], labels, progress=progress)
+        for name in SPLITS
+    ]
+    manifest = build_manifest(config, version, labels, joined, results)
+    manifest = steps.run("commit-manifest", commit_manifest, store, manifest)
+    return IngestResult(manifest, store.url(f"{manifest.prefix}/{MANIFEST}"), created=True)

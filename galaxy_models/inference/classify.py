@@ -1,0 +1,237 @@
+"""Classifying survey batches: ``incoming/<batch_id>/`` images -> a catalog per model version.
+
+Per part of a batch (a fixed slice of its image keys, see ``catalogs.manifest``): read the files from
+the store with a pool of threads, check and centre-crop them exactly as ingest does (an image that
+fails gets a row flagged ``unreadable`` with the reason, never silence), then run the model on
+batches with the preprocessing its card records, through an inference engine (``engines``): bf16
+autocast and channels-last on a GPU; OpenVINO on a CPU (bf16 where the CPU has it), or eager fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from galaxy_models.catalogs.incoming import pending_batches, require_images
+from galaxy_models.catalogs.manifest import (
+    CatalogManifest,
+    CatalogPart,
+    CatalogPlan,
+    commit_catalog,
+    describe_part,
+    fix_plan,
+    part_key,
+    read_catalog_manifest,
+    write_part,
+)
+from galaxy_models.catalogs.schema import PROBABILITY_COLUMNS, catalog_rows
+from galaxy_models.data.images import ImageRejected, crop_image
+from galaxy_models.domain import galaxy_id_from_key, is_name
+from galaxy_models.inference.config import ClassifyConfig, EngineName
+from galaxy_models.inference.engines import Engine, create_engine
+from galaxy_models.models.preprocessing import to_model_input
+from galaxy_models.progress import progress_counter
+from galaxy_models.registry.cards import ModelCard, model_prefix, resolve
+from galaxy_models.registry.weights import load_model
+from galaxy_models.steps import IN_PROCESS, Steps
+from galaxy_models.storage import Store, open_store
+
+
+def resolve_card(store: Store, config: ClassifyConfig) -> ModelCard:
+    return resolve(store, config.ref)
+
+
+def device_for(config: ClassifyConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(config.device)
+
+
+_ENGINE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_engine(
+    store_uri: str, name: str, version: str, device: str, engine: EngineName
+) -> tuple[Engine, ModelCard]:
+    """One compiled copy of a model per process (a Dask worker runs many parts); callers hold
+    ``_ENGINE_LOCK`` so that threads classifying at once build it once."""
+    model, card = load_model(open_store(store_uri), name, version)
+    return create_engine(model, torch.device(device), card.preprocessing.input_size, engine), card
+
+
+@dataclass
+class _Decoded:
+    key: str
+    pixels: np.ndarray | None  # (H, W, 3) uint8
+    reason: str | None
+
+
+def _decode(store: Store, key: str, crop_size: int) -> _Decoded:
+    name = key.rsplit("/", 1)[-1]
+    if not is_name(galaxy_id_from_key(key)):
+        return _Decoded(key, None, f"file name {name!r} is not a valid galaxy id")
+    try:
+        crop, _ = crop_image(store.read_bytes(key), name=name, crop_size=crop_size)
+    except ImageRejected as err:
+        return _Decoded(key, None, err.reason)
+    return _Decoded(key, np.asarray(crop), None)
+
+
+def _decoded_batches(
+    store: Store, keys: Sequence[str], crop_size: int, batch_size: int, workers: int
+) -> Iterator[list[_Decoded]]:
+    """Images read and decoded by ``workers`` threads (Pillow releases the GIL), in key order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = pool.map(functools.partial(_decode, store, crop_size=crop_size), keys)
+        batch: list[_Decoded] = []
+        for item in decoded:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def classify_images(
+    store: Store,
+    batch_id: str,
+    keys: Sequence[str],
+    engine: Engine,
+    card: ModelCard,
+    *,
+    batch_size: int = 64,
+    workers: int = 4,
+    low_confidence: float = 0.5,
+    progress: Callable[[int], object] | None = None,
+) -> pa.Table:
+    """Catalog rows for ``keys`` (one per key, in order)."""
+    preprocessing = card.preprocessing
+    source_keys: list[str] = []
+    reasons: list[str | None] = []
+    probabilities: list[np.ndarray] = []
+    for batch in _decoded_batches(store, keys, preprocessing.crop_size, batch_size, workers):
+        good = [d for d in batch if d.pixels is not None]
+        p = np.full((len(batch), len(PROBABILITY_COLUMNS)), np.nan, dtype=np.float32)
+        if good:
+            images = torch.from_numpy(np.stack([d.pixels for d in good])).permute(0, 3, 1, 2)  # type: ignore[misc]
+            with torch.inference_mode():
+                logits = engine(to_model_input(images, preprocessing, engine.device, engine.channels_last))
+            p[[i for i, d in enumerate(batch) if d.pixels is not None]] = torch.softmax(logits, dim=1).numpy()
+        probabilities.append(p)
+        source_keys += [d.key for d in batch]
+        reasons += [d.reason for d in batch]
+        if progress:
+            progress(len(batch))
+    p_all = np.concatenate(probabilities) if probabilities else np.zeros((0, len(PROBABILITY_COLUMNS)), np.float32)
+    return catalog_rows(
+        batch_id, source_keys, reasons, p_all,
+        model_name=card.name, model_version=card.version, low_confidence=low_confidence,
+    )  # fmt: skip
+
+
+def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progress: bool = True) -> CatalogPart:
+    """Write part ``index`` of a batch's catalog unless it exists. Loads the model once per process."""
+    store = open_store(config.store)
+    key = part_key(plan.batch_id, plan.model_version, index)
+    if store.exists(key):  # an earlier run wrote it: parts are written once
+        return describe_part(store, key)
+    keys = plan.parts()[index]
+    device = device_for(config)
+    with _ENGINE_LOCK:
+        engine, card = _cached_engine(store.uri, plan.model_name, plan.model_version, str(device), config.engine)
+    with progress_counter(total=len(keys), desc=f"{plan.batch_id} part {index}", unit="img", enabled=progress) as bar:
+        table = classify_images(
+            store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,
+            workers=config.workers, low_confidence=config.low_confidence, progress=bar.update,
+        )  # fmt: skip
+    return write_part(store, key, table)
+
+
+def plan_batch(store: Store, config: ClassifyConfig, card: ModelCard, batch_id: str) -> CatalogPlan:
+    """The batch's plan in force: its image keys dealt into parts (an earlier run's plan, if any).
+
+    Raises:
+        BatchNotFoundError: if the batch does not exist or has no images.
+    """
+    plan = CatalogPlan(
+        batch_id=batch_id, model_name=card.name, model_version=card.version,
+        source_keys=require_images(store, batch_id), part_size=config.part_size,
+    )  # fmt: skip
+    return fix_plan(store, plan)
+
+
+def commit(store: Store, plan: CatalogPlan, parts: Sequence[CatalogPart]) -> tuple[CatalogManifest, bool]:
+    card_uri = store.url(f"{model_prefix(plan.model_name, plan.model_version)}/card.json")
+    return commit_catalog(store, plan, parts, card_uri, datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    manifest: CatalogManifest
+    committed: bool  # False: an earlier or concurrent run had committed it
+
+
+@dataclass(frozen=True)
+class ClassifyReport:
+    card: ModelCard
+    batches: list[BatchResult]
+
+    def summary(self) -> dict[str, Any]:
+        """What ``classify --json`` prints and classify-flow returns."""
+        return {
+            "model": self.card.name,
+            "version": self.card.version,
+            "batches": {
+                r.manifest.batch_id: {
+                    "rows": r.manifest.rows, "flags": r.manifest.flags, "classes": r.manifest.classes,
+                    "committed": r.committed,
+                }
+                for r in self.batches
+            },
+        }  # fmt: skip
+
+
+def classify_batch(
+    config: ClassifyConfig, batch_id: str, *, card: ModelCard | None = None, progress: bool = True,
+    steps: Steps = IN_PROCESS,
+) -> tuple[CatalogManifest, bool]:  # fmt: skip
+    """Classify one batch into its catalog: returns the manifest and whether this call committed it
+    (False: an earlier or concurrent run did). Plan, parts and commit are steps of ``steps``."""
+    store = open_store(config.store)
+    card = card or resolve_card(store, config)
+    existing = read_catalog_manifest(store, batch_id, card.version)
+    if existing is not None:
+        return existing, False
+    plan = steps.run("plan-batch", plan_batch, store, config, card, batch_id)
+    calls = [(config, plan, i, progress) for i in range(len(plan.parts()))]
+    parts = steps.map("classify-part", classify_part, calls)
+    return steps.run("commit", commit, store, plan, parts)
+
+
+def classify_pending(config: ClassifyConfig, *, progress: bool = True, steps: Steps = IN_PROCESS) -> ClassifyReport:
+    """Classify the batches named in ``config`` (default: every batch with images and no complete
+    catalog for the model version) with the model it names (default version: production)."""
+    store = open_store(config.store)
+    card = steps.run("find-model", resolve_card, store, config)
+    if config.batches is not None:
+        batches = list(config.batches)
+    else:
+        batches = steps.run("find-batches", pending_batches, store, card.version)
+    results = []
+    for batch_id in batches:
+        manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
+        results.append(BatchResult(manifest, committed))
+    return ClassifyReport(card=card, batches=results)

@@ -1,0 +1,42 @@
+"""What classify runs with: ``ClassifyConfig`` (the parameter of classify-flow). No torch here, so
+the command line can check a request (model, batches, choices) before it loads a model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from galaxy_models.domain import ModelRef, ModelRefText, check_name
+
+EngineName = Literal["auto", "torch", "openvino"]
+
+
+class ClassifyConfig(BaseModel):
+    """What to classify, with which model, and how."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    store: str = Field("./galaxy-data", description="store with incoming/ and models/; catalogs/ is written there")
+    model: ModelRefText = Field("cs_resnet50", description="model name under models/, optionally NAME@VERSION")
+    batches: tuple[str, ...] | None = Field(None, description="batch ids; None: every batch without a complete catalog")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
+    part_size: int = Field(1000, ge=1, description="images per catalog part (and per inference task)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: EngineName = Field("auto", description="auto: openvino on a CPU where installed, else torch")
+    workers: int = Field(4, ge=1, description="threads reading and decoding images")
+    low_confidence: float = Field(0.5, ge=0, le=1, description="flag rows whose top probability is below this")
+    runner: Literal["default", "dask"] = Field("default", description="dask: parts run on a Dask cluster")
+    dask_address: str | None = Field(None, description="scheduler address; None: a LocalCluster on this host")
+    dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+
+    @field_validator("batches")
+    @classmethod
+    def _check_batches(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for batch in value or ():
+            check_name(batch, "batch id")
+        return value
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef.parse(self.model)

@@ -1,0 +1,135 @@
+"""Model cards and production versions: which models are published, how they were made, which
+one serves. JSON in the store, so reading needs no torch (see the package docstring for the layout).
+
+A version is the training run's id, so publishing the same run twice writes nothing new.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from galaxy_models.domain import ModelRef, check_name
+from galaxy_models.metrics import Metrics
+from galaxy_models.models.preprocessing import Preprocessing
+from galaxy_models.storage import KeyNotFoundError, Store
+
+
+class ModelCard(BaseModel):
+    """What a published model is, how it was made, and how well it does."""
+
+    name: str
+    version: str
+    architecture: str
+    parameters: int
+    class_names: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    dataset: dict[str, str] = Field(description="name, version and manifest_sha256 of the training data")
+    metrics: dict[str, Metrics] = Field(description="per split: val, test")
+    best_epoch: int
+    history: list[dict[str, float]]
+    hardware: dict[str, Any]
+    training_seconds: float
+    training_images_per_second: float
+    figures: list[str] = Field(description="PNG files beside the card")
+    created_at: datetime
+
+
+class Production(BaseModel):
+    version: str
+    promoted_at: datetime
+    previous: str | None = None
+
+
+class ModelNotFoundError(KeyNotFoundError):
+    """No such model name or version in the registry."""
+
+
+def model_prefix(name: str, version: str) -> str:
+    return f"models/{check_name(name, 'model name')}/{check_name(version, 'model version')}"
+
+
+def read_card(store: Store, name: str, version: str | None = None) -> ModelCard:
+    """The card of ``version``, or of the production version if ``version`` is None.
+
+    Raises:
+        ModelNotFoundError: saying whether the model, the version or a production version is missing,
+            what is published instead, and (for a missing production version) the command that promotes one.
+    """
+    if version is None:
+        version = production_version(store, name)
+        if version is None:
+            versions = _versions_or_raise(store, name)
+            raise ModelNotFoundError(
+                f"model {name!r} has no production version in {store.uri} (versions: {', '.join(versions)}); "
+                f"promote one with: galaxy-pipeline models promote {name} {versions[-1]} --store {store.uri}"
+            )
+    try:
+        return ModelCard.model_validate_json(store.read_bytes(f"{model_prefix(name, version)}/card.json"))
+    except KeyNotFoundError:
+        versions = _versions_or_raise(store, name)
+        raise ModelNotFoundError(
+            f"model {name}/{version} is not in {store.uri} (versions: {', '.join(versions)})"
+        ) from None
+
+
+def _versions_or_raise(store: Store, name: str) -> list[str]:
+    versions = list_versions(store, name)
+    if not versions:
+        published = ", ".join(list_models(store)) or "none"
+        raise ModelNotFoundError(f"no model {name!r} in {store.uri} (published models: {published})")
+    return versions
+
+
+def resolve(store: Store, ref: ModelRef) -> ModelCard:
+    """The card a ``NAME`` or ``NAME@VERSION`` reference names (see ``read_card``)."""
+    return read_card(store, ref.name, ref.version)
+
+
+def list_versions(store: Store, name: str) -> list[str]:
+    """Published versions of ``name``, oldest first."""
+    prefix = f"models/{check_name(name, 'model name')}/"
+    versions = [k[len(prefix) :].split("/")[0] for k in store.list(prefix) if k.endswith("/card.json")]
+    cards = [ModelCard.model_validate_json(store.read_bytes(f"{prefix}{v}/card.json")) for v in versions]
+    return [c.version for c in sorted(cards, key=lambda c: c.created_at)]
+
+
+def list_models(store: Store) -> list[str]:
+    names = {k.split("/")[1] for k in store.list("models/") if k.endswith("/card.json")}
+    return sorted(names)
+
+
+def production_version(store: Store, name: str) -> str | None:
+    try:
+        data = store.read_bytes(f"models/{check_name(name, 'model name')}/production.json")
+    except KeyNotFoundError:
+        return None
+    return Production.model_validate_json(data).version
+
+
+class PromotionConflict(RuntimeError):
+    """Another promotion of the same model landed between our read and our write."""
+
+
+def promote(store: Store, name: str, version: str) -> Production:
+    """Make ``version`` the production model of ``name`` with a conditional write: of two concurrent
+    promotions exactly one succeeds, the other raises ``PromotionConflict`` and changes nothing.
+
+    Raises:
+        ModelNotFoundError: if the version is not published.
+        PromotionConflict: if production.json changed while this call ran.
+    """
+    read_card(store, name, version)  # it must exist
+    key = f"models/{check_name(name, 'model name')}/production.json"
+    try:
+        data, tag = store.read_tagged(key)
+        previous: str | None = Production.model_validate_json(data).version
+    except KeyNotFoundError:
+        tag, previous = None, None
+    production = Production(version=version, promoted_at=datetime.now(UTC), previous=previous)
+    if not store.replace_if(key, production.model_dump_json(indent=2).encode(), tag):
+        raise PromotionConflict(f"production.json of {name!r} changed during the promotion of {version!r}; retry")
+    return production

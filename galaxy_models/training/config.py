@@ -1,0 +1,113 @@
+"""What decides a training run: ``TrainConfig``, its presets, and the run id derived from it."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from galaxy_models.data.augmentation import Augmentation
+from galaxy_models.data.manifest import DatasetManifest
+from galaxy_models.domain import Name, check_name
+from galaxy_models.models.architectures import list_models
+
+Preset = Literal["paper", "smoke"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table IV: 100 epochs, learning rate 0.01, batch 128, "regularisation" (weight decay here), 224 crops.
+    "paper": {"epochs": 100, "batch_size": 128, "lr": 0.01, "image_size": 224, "weight_decay": 5e-4},
+    # Seconds on a laptop CPU: the tiny CBAM network on 64-pixel inputs, for tests and the demo.
+    "smoke": {
+        "model": "cs_resnet_tiny",
+        "dataset": "synthetic",
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.05,
+        "image_size": 64,
+        "workers": 1,
+    },
+}
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. ``preset`` fills the fields not given explicitly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: Preset | None = Field(None, description="paper (Table IV) or smoke (seconds on a CPU)")
+    store: str = Field("./galaxy-data", description="store holding the dataset; runs and models go there too")
+    dataset: Name = Field("gz2", description="dataset name under datasets/")
+    dataset_version: str | None = Field(None, description="a version of it; None: the newest complete one")
+    model: str = Field("cs_resnet50", description="a registered architecture")
+    name: str | None = Field(None, description="name under models/ and runs/ (default: the architecture)")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch, split evenly over the processes")
+    lr: float = Field(0.01, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning rate over epochs")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/10")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights inverse to training-class frequency (cigars are 2%)"
+    )
+    image_size: int = Field(224, ge=16, description="side the model sees; below the crop size it is resized")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA")
+    channels_last: bool | None = Field(None, description="None: on CUDA only")
+    compile: bool = Field(False, description="torch.compile the model")
+    seed: int = 0
+    deterministic: bool = Field(False, description="deterministic kernels (slower); exact resume on CPU")
+    workers: int = Field(2, ge=0, description="DataLoader workers per process")
+    processes: int | None = Field(None, ge=1, description="processes on this node; None: one per GPU, or 1")
+    augmentation: Augmentation = Field(default_factory=Augmentation)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset"):
+            if data["preset"] not in PRESETS:
+                raise ValueError(f"unknown preset {data['preset']!r}; presets: {', '.join(PRESETS)}")
+            return {**PRESETS[data["preset"]], **data}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        if value not in list_models():
+            raise ValueError(f"unknown architecture {value!r}; known: {', '.join(list_models())}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        check_name(self.run_name, "run name")
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.model
+
+    def run_id(self, manifest: DatasetManifest, processes: int) -> str:
+        """Same settings on the same dataset version -> same id. The worker count only says how
+        data is read; the process count is part of the id, since each process keeps its own batch
+        norm statistics over its share of the batch."""
+        settings = self.model_dump(mode="json", exclude={"workers", "preset", "store", "processes"})
+        settings["dataset_version"] = manifest.version
+        settings["processes"] = processes
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
+
+    def process_count(self) -> int:
+        if self.processes is not None:
+            return self.processes
+        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def closest_setting(key: str) -> str | None:
+    """The ``TrainConfig`` field a mistyped setting most likely meant, if any is close."""
+    matches = difflib.get_close_matches(key, list(TrainConfig.model_fields), n=1, cutoff=0.5)
+    return matches[0] if matches else None

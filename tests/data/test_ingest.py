@@ -1,0 +1,246 @@
+"""Ingest: real GZ2 counts (local and S3), quarantine, idempotence, kill and resume, verification."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from badimages import corpus
+
+from galaxy_models.data.ingest import IngestConfig, ingest
+from galaxy_models.data.manifest import read_manifest
+from galaxy_models.data.shards import CorruptShardError, verify_dataset
+from galaxy_models.data.splits import SPLITS
+from galaxy_models.domain import CLASS_NAMES
+from galaxy_models.storage import LocalStore, S3Config, S3Store, Store
+from galaxy_models.synth.survey import SynthConfig, synthesize_survey
+
+GZ2_TOTALS = {"0": 607, "1": 589, "2": 39, "3": 294, "4": 717}
+
+
+class CountingStore(LocalStore):
+    """A local store that counts every write."""
+
+    writes = 0
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.writes += 1
+        super().write_bytes(key, data)
+
+    def upload_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        self.writes += 1
+        super().upload_file(key, path)
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        self.writes += 1
+        return super().create_if_absent(key, data)
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic survey (images + vote table) in a local folder."""
+    root = tmp_path_factory.mktemp("survey")
+    synthesize_survey(SynthConfig(store=str(root), n=160, seed=5, workers=2), progress=False)
+    return root / "raw" / "synthetic"
+
+
+def config_for(images: str | Path, labels: str | Path, store: Store | str, **extra: object) -> IngestConfig:
+    uri = store if isinstance(store, str) else store.uri
+    return IngestConfig(images=str(images), labels=str(labels), store=uri, **extra)  # type: ignore[arg-type]
+
+
+def assert_gz2_dataset(store: Store, result_manifest_version: str) -> None:
+    manifest = read_manifest(store, "gz2", result_manifest_version)
+    totals = {k: sum(manifest.totals[s][k] for s in SPLITS) for k in GZ2_TOTALS}
+    assert totals == GZ2_TOTALS
+    assert manifest.counts.sharded == 2246
+    assert manifest.counts.adds_up
+    for k, n in GZ2_TOTALS.items():
+        for split, share in zip(SPLITS, (0.8, 0.1, 0.1), strict=True):
+            assert abs(manifest.totals[split][k] - share * n) <= 1, (k, split)
+    assert verify_dataset(store, manifest) == len(manifest.shards)
+
+
+def test_real_gz2_local(gz2_dir: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    labelled = gz2_dir / "labelled"
+    result = ingest(config_for(labelled / "images", labelled / "training_solutions_rev1.csv", store), progress=False)
+    assert result.created
+    assert result.manifest.counts.images_listed == 4665
+    assert result.manifest.counts.labels_without_image == 12917 - 4665
+    assert result.manifest.counts.without_class == 4665 - 2246
+    assert_gz2_dataset(store, result.manifest.version)
+
+
+def test_real_gz2_through_s3(
+    gz2_dir: Path, s3_bucket: str, s3_config: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images, labels and the dataset all in S3 (moto over HTTP), configured from the environment."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", str(s3_config.endpoint_url))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    raw = S3Store(s3_bucket, "raw/gz2")
+    labelled = gz2_dir / "labelled"
+    raw.upload_file("labels.csv", labelled / "training_solutions_rev1.csv")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: raw.write_bytes(f"images/{p.name}", p.read_bytes()), (labelled / "images").iterdir()))
+    store = S3Store(s3_bucket, "galaxy-data")
+    config = config_for(f"s3://{s3_bucket}/raw/gz2/images", f"s3://{s3_bucket}/raw/gz2/labels.csv", store)
+    result = ingest(config, store=store, progress=False)
+    assert result.manifest_uri.startswith(f"s3://{s3_bucket}/galaxy-data/datasets/gz2/")
+    assert_gz2_dataset(store, result.manifest.version)
+
+
+def test_bad_images_are_quarantined_and_counts_add_up(survey: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (survey / "images").iterdir():
+        (images / path.name).write_bytes(path.read_bytes())
+    votes = pd.read_csv(survey / "labels.csv", dtype={"GalaxyID": str})
+    template = votes.iloc[[0]]  # any row: give every bad file a label row so it reaches the checks
+    bad = corpus()
+    extra = []
+    for i, (_name, (data, _)) in enumerate(sorted(bad.items())):
+        gid = f"9{i:05d}"
+        (images / f"{gid}.jpg").write_bytes(data)
+        extra.append(
+            template.assign(GalaxyID=gid, **{"Class1.1": 0.9, "Class7.1": 0.8, "Class7.2": 0.05, "Class7.3": 0.05})
+        )
+    (images / "notes.txt").write_bytes(b"observing log")  # no label row: counted, not fatal
+    (images / "bad id!.jpg").write_bytes(b"x")  # not a valid GalaxyID: quarantined
+    labels = tmp_path / "labels.csv"
+    pd.concat([votes, *extra]).to_csv(labels, index=False)
+
+    store = LocalStore(tmp_path / "store")
+    manifest = ingest(config_for(images, labels, store, samples_per_shard=40), progress=False).manifest
+    counts = manifest.counts
+    assert counts.adds_up
+    assert counts.images_listed == 160 + len(bad) + 2
+    assert counts.without_label == 1
+    reasons = {q.source_key.rsplit("/", 1)[-1]: q.reason for q in manifest.quarantine}
+    expected = {f"9{i:05d}.jpg": reason for i, (_, (_, reason)) in enumerate(sorted(bad.items())) if reason}
+    for name, fragment in expected.items():
+        assert fragment in reasons[name], (name, reasons.get(name))
+    assert "not a valid GalaxyID" in reasons["bad id!.jpg"]
+    assert counts.quarantined == len(expected) + 1
+    assert counts.converted_to_rgb == 2  # the CMYK and grey images went in as RGB
+    sharded_keys = {k for s in manifest.shards for k in s.sample_keys}
+    assert {
+        f"9{i:05d}" for i, (name, _) in enumerate(sorted(bad.items())) if name in ("cmyk.jpg", "grey.jpg")
+    } <= sharded_keys
+    assert verify_dataset(store, manifest) == len(manifest.shards)
+
+
+def test_second_run_writes_nothing(survey: Path, tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "store")
+    config = config_for(survey / "images", survey / "labels.csv", store, samples_per_shard=30)
+    first = ingest(config, store=store, progress=False)
+    writes = store.writes
+    assert writes == len(first.manifest.shards) + 1  # every shard once, then the manifest
+    second = ingest(config, store=store, progress=False)
+    assert not second.created
+    assert store.writes == writes
+    assert second.manifest == first.manifest
+
+
+def test_invalid_labels_stop_before_anything_is_written(survey: Path, tmp_path: Path) -> None:
+    votes = pd.read_csv(survey / "labels.csv", dtype={"GalaxyID": str})
+    votes.loc[3, "Class4.1"] = float("nan")
+    labels = tmp_path / "bad.csv"
+    votes.to_csv(labels, index=False)
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(ValueError, match=r"bad\.csv.*Class4\.1.*row 3"):
+        ingest(config_for(survey / "images", labels, store), progress=False)
+    assert store.list() == []
+
+
+def test_killed_run_is_completed_by_the_next(survey: Path, tmp_path: Path) -> None:
+    """Kill the CLI once its first shard is in the store: no manifest; the next run finishes the
+    version, and the result is byte-identical to an uninterrupted run."""
+    store = LocalStore(tmp_path / "store")
+    args = [
+        sys.executable, "-m", "galaxy_models.cli", "ingest", "--images", str(survey / "images"),
+        "--labels", str(survey / "labels.csv"), "--store", str(store.root), "--samples-per-shard", "3",
+        "--workers", "1", "--json",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(k.endswith(".tar") for k in store.list("datasets/")):
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = store.list("datasets/")
+    assert partial
+    assert not any(k.endswith("manifest.json") for k in partial), "the run finished before it was killed"
+    with pytest.raises(FileNotFoundError, match="no complete version"):
+        read_manifest(store, "gz2")
+
+    config = config_for(survey / "images", survey / "labels.csv", store, samples_per_shard=3, workers=1)
+    resumed = ingest(config, progress=False)
+    assert resumed.created
+    assert verify_dataset(store, resumed.manifest) == len(resumed.manifest.shards)
+    clean = LocalStore(tmp_path / "clean")
+    reference = ingest(config.model_copy(update={"store": clean.uri}), progress=False)
+    assert [(s.key, s.sha256) for s in resumed.manifest.shards] == [
+        (s.key, s.sha256) for s in reference.manifest.shards
+    ]
+    assert len(store.list("datasets/")) == len(resumed.manifest.shards) + 1  # no stray leftovers
+
+
+def test_corrupted_shards_are_caught(survey: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    manifest = ingest(
+        config_for(survey / "images", survey / "labels.csv", store, samples_per_shard=25), progress=False
+    ).manifest
+    shard = manifest.shards[1]
+    path = store.path(shard.key)
+    data = bytearray(path.read_bytes())
+    data[2000] ^= 0xFF  # one flipped byte inside an image
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match=shard.key):
+        verify_dataset(store, manifest)
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(CorruptShardError, match=shard.key):
+        verify_dataset(store, manifest)
+    store.delete(shard.key)
+    with pytest.raises(CorruptShardError, match="missing"):
+        verify_dataset(store, manifest)
+    # the other splits are still fine
+    others = [s for s in SPLITS if s != shard.split]
+    assert verify_dataset(store, manifest, splits=others) == sum(s.split in others for s in manifest.shards)
+
+
+def test_version_changes_with_content(survey: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    a = ingest(config_for(survey / "images", survey / "labels.csv", store), progress=False).manifest
+    b = ingest(config_for(survey / "images", survey / "labels.csv", store, seed=1), progress=False).manifest
+    assert a.version != b.version
+    assert read_manifest(store, "gz2").version == b.version  # the newest complete one
+    assert read_manifest(store, "gz2", a.version) == a
+
+
+def test_manifest_records_provenance(survey: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    manifest = ingest(config_for(survey / "images", survey / "labels.csv", store), progress=False).manifest
+    assert manifest.class_names == list(CLASS_NAMES)
+    assert len(manifest.labels_sha256) == 64
+    assert manifest.config["crop_size"] == 224
+    assert len(manifest.normalization.mean) == 3
+    assert all(0 < s < 1 for s in manifest.normalization.std)
+    sample_json = io.BytesIO(store.read_bytes(manifest.shards[0].key))
+    import tarfile
+
+    with tarfile.open(fileobj=sample_json) as tar:
+        names = tar.getnames()[:3]
+    assert [n.rsplit(".", 1)[1] for n in names] == ["cls", "jpg", "json"]
