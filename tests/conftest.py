@@ -116,3 +116,11 @@ def trained_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
     for name, (data, _) in corpus().items():
         store.write_bytes(f"incoming/{CORPUS_BATCH}/{name}", data)
     return root
+
+
+@pytest.fixture
+def root(trained_store: Path, tmp_path: Path) -> Path:
+    """A writable copy of ``trained_store``."""
+    target = tmp_path / "store"
+    shutil.copytree(trained_store, target)
+    return target

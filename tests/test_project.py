@@ -131,3 +131,23 @@ def test_prefect_yaml_is_valid() -> None:
     assert isinstance(config.get("deployments"), list)
     for deployment in config["deployments"]:
         assert {"name", "entrypoint"} <= set(deployment)
+
+
+def test_flow_configs_are_immutable() -> None:
+    from pydantic import ValidationError
+
+    from galaxy_models.catalogs.export import ExportConfig
+    from galaxy_models.data.ingest import IngestConfig
+    from galaxy_models.inference.config import ClassifyConfig
+    from galaxy_models.synth.survey import SynthConfig
+    from galaxy_models.training.config import TrainConfig
+
+    configs = [
+        IngestConfig(images="i", labels="l", store="s"), TrainConfig(preset="smoke"), ClassifyConfig(batches=["b1"]),
+        ExportConfig(), SynthConfig(store="s", n=1),
+    ]  # fmt: skip
+    for config in configs:
+        field = next(iter(type(config).model_fields))
+        with pytest.raises(ValidationError, match="frozen"):
+            setattr(config, field, getattr(config, field))
+    assert ClassifyConfig(batches=["b1"]).batches == ("b1",)

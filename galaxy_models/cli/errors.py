@@ -49,8 +49,10 @@ def describe_validation(error: ValidationError) -> str:
             problems.append(f"unknown setting {field!r}")
         elif kind == "missing":
             problems.append(f"{field} is required")
+        elif field and kind != "value_error":
+            problems.append(f"invalid {field} {given!r}: {message[:1].lower()}{message[1:]}")
         elif field:
-            problems.append(f"{field}: {message} (got {given!r})" if kind != "value_error" else f"{field}: {message}")
+            problems.append(f"{field}: {message}")
         else:
             problems.append(message)
     return "; ".join(problems)

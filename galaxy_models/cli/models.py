@@ -39,7 +39,7 @@ def parse_settings(settings: list[str]) -> dict[str, object]:
             raise UserError(f"--set expects key=value, got {item!r}")
         if key not in TrainConfig.model_fields:
             guess = closest_setting(key)
-            hint = f"; did you mean {guess!r}?" if guess else "; see the TrainConfig fields in the README"
+            hint = f"; did you mean {guess!r}?" if guess else f"; settings: {', '.join(TrainConfig.model_fields)}"
             raise UserError(f"unknown setting {key!r} for --set{hint}")
         try:
             parsed[key] = json.loads(value)

@@ -205,10 +205,16 @@ def shard_split(
     members: pd.DataFrame,
     labels: LabelTable,
     *,
-    workdir: Path,
+    workdir: Path | None = None,
     progress: bool = True,
 ) -> SplitResult:
-    """Read, check and crop one split's images in parallel threads and write its shards."""
+    """Read, check and crop one split's images in parallel threads and write its shards (built in
+    ``workdir``, a temporary directory by default, before each is uploaded)."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="galaxy-ingest-") as temporary:
+            return shard_split(
+                config, store, version, split, members, labels, workdir=Path(temporary), progress=progress
+            )
     images = open_store(config.images)
     result = SplitResult(split, [], [], 0, np.zeros(6))
     votes = labels.votes[list(VOTE_COLUMNS)].to_numpy(dtype=float)
@@ -293,21 +299,6 @@ class IngestResult:
     created: bool  # False when a complete manifest already existed
 
 
-def write_split(
-    config: IngestConfig,
-    store: Store,
-    version: str,
-    split: str,
-    members: pd.DataFrame,
-    labels: LabelTable,
-    *,
-    progress: bool = True,
-) -> SplitResult:
-    """``shard_split`` with a temporary working directory for the shards before they are uploaded."""
-    with tempfile.TemporaryDirectory(prefix="galaxy-ingest-") as workdir:
-        return shard_split(config, store, version, split, members, labels, workdir=Path(workdir), progress=progress)
-
-
 def ingest(
     config: IngestConfig, *, store: Store | None = None, progress: bool = True, steps: Steps = IN_PROCESS
 ) -> IngestResult:
@@ -324,7 +315,7 @@ def ingest(
     joined.require_candidates(config.images)
     splits = steps.run("split", stratified_split, joined.candidates, config.split, config.seed)
     results = [
-        steps.run(f"write-{name}", write_split, config, store, version, name, splits[name], labels, progress=progress)
+        steps.run(f"write-{name}", shard_split, config, store, version, name, splits[name], labels, progress=progress)
         for name in SPLITS
     ]
     manifest = build_manifest(config, version, labels, joined, results)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from galaxy_models.cli import app
@@ -35,13 +33,6 @@ def _mistake(args: list[str], *expected: str, env: dict[str, str] | None = None)
     assert "Traceback" not in result.output
     assert "pydantic.dev" not in result.output
     return lines[0]
-
-
-@pytest.fixture
-def root(trained_store: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "store"
-    shutil.copytree(trained_store, target)
-    return target
 
 
 def test_unknown_architecture_lists_the_known_ones_before_torchrun(synthetic_dataset: Path) -> None:

@@ -1,8 +1,13 @@
-"""A temporary Prefect server (SQLite) for the flow tests, started once per session."""
+"""A temporary Prefect server (SQLite) for the flow tests, started once per session, and the
+environment that `infra/serve.sh` runs its own stack with."""
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +30,28 @@ def _restore_environment() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = Path(sys.executable).with_name("prefect")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def serve_env(tmp_path: Path) -> dict[str, str]:
+    """The environment for `infra/serve.sh`: a free port, a fresh PREFECT_HOME, this checkout."""
+    port = free_port()
+    return {
+        **os.environ,
+        "PREFECT_PORT": str(port),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT": str(PREFECT),
+        "GALAXY_PIPELINE_HOME": str(REPO),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,12 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).with_name("prefect")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for(log: Path, text: str, server: subprocess.Popen[bytes], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while text not in log.read_text(errors="replace"):
@@ -45,20 +38,12 @@ def _wait_for(log: Path, text: str, server: subprocess.Popen[bytes], seconds: fl
         time.sleep(1)
 
 
-def test_smoke_deployment_runs_on_a_real_server_and_worker(synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_smoke_deployment_runs_on_a_real_server_and_worker(
+    synthetic_dataset: Path, tmp_path: Path, serve_env: dict[str, str]
+) -> None:
     store = tmp_path / "store"
     shutil.copytree(synthetic_dataset, store)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_PORT": str(port),
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT": str(PREFECT),
-        "GALAXY_PIPELINE_HOME": str(REPO),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-    }
+    env = {**serve_env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(

@@ -9,26 +9,17 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PREFECT = Path(sys.executable).with_name("prefect")
 SERVE = REPO / "infra" / "serve.sh"
 STOP_SECONDS = 10.0
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(log: Path, pattern: str, server: subprocess.Popen[bytes], seconds: float) -> None:
@@ -73,17 +64,10 @@ def _kill_session(sid: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["worker running", "waiting for the server"])
-def test_sigterm_stops_worker_then_server_and_the_script_within_10_s(stage: str, tmp_path: Path) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_PORT": str(port),
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT": str(PREFECT),
-        "GALAXY_PIPELINE_HOME": str(REPO),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+def test_sigterm_stops_worker_then_server_and_the_script_within_10_s(
+    stage: str, tmp_path: Path, serve_env: dict[str, str]
+) -> None:
+    env = serve_env
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         script = subprocess.Popen(

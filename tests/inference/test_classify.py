@@ -3,10 +3,8 @@ run at the same time), nothing rewritten on a re-run, a new model beside the old
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,14 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import pytest
 from badimages import CORPUS_BATCH as BATCH
 from badimages import corpus
 from typer.testing import CliRunner
 
-from galaxy_models.catalogs.export import ExportConfig, export_catalogs
 from galaxy_models.catalogs.incoming import batch_images, pending_batches
 from galaxy_models.catalogs.manifest import read_catalog, read_catalog_manifest
 from galaxy_models.catalogs.schema import CATALOG_SCHEMA
@@ -37,13 +32,6 @@ from galaxy_models.training.loop import train
 from galaxy_models.training.publishing import publish_run
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def root(trained_store: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "store"
-    shutil.copytree(trained_store, target)
-    return target
 
 
 def _config(root: Path, **changes: object) -> ClassifyConfig:
@@ -169,33 +157,6 @@ def test_a_new_model_gets_its_own_catalog_version(root: Path) -> None:
     assert wrote
     assert new.model_version == card.version != old.model_version
     assert {k: v for k, v in _catalog_files(root).items() if k in before} == before  # the old one untouched
-
-
-def test_export_csv_and_parquet(root: Path, tmp_path: Path) -> None:
-    store = LocalStore(root)
-    for batch in (BATCH, "synthetic-batch-002"):
-        classify_batch(_config(root), batch, progress=False)
-    parquet = export_catalogs(ExportConfig(store=str(root), model="cs_resnet_tiny", out=str(tmp_path / "all.parquet")))
-    assert parquet.batches == [BATCH, "synthetic-batch-002"]
-    table = pq.read_table(tmp_path / "all.parquet")
-    assert table.num_rows == parquet.rows == 60 + len(corpus())
-    assert sum(parquet.classes.values()) + parquet.flags["unreadable"] == parquet.rows
-    assert Path(parquet.figure).read_bytes().startswith(b"\x89PNG")
-    result = runner.invoke(
-        app, ["catalog", "export", "--store", str(root), "--model", "cs_resnet_tiny", "--format", "csv",
-              "--out", str(tmp_path / "all.csv"), "--json"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["rows"] == table.num_rows
-    csv = pacsv.read_csv(io.BytesIO((tmp_path / "all.csv").read_bytes()))
-    assert csv.num_rows == table.num_rows
-    assert sorted(csv.column("source_key").to_pylist()) == sorted(table.column("source_key").to_pylist())
-    bad = runner.invoke(
-        app, ["catalog", "export", "--store", str(root), "--model", "cs_resnet_tiny", "--format", "xls"]
-    )
-    assert bad.exit_code == 2
-    assert "unknown export format 'xls'" in bad.output
-    assert store.exists("catalogs/synthetic-batch-002/" + parquet.model_version + "/_manifest.json")
 
 
 def test_classify_cli(root: Path) -> None:
