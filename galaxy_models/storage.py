@@ -13,6 +13,7 @@ last. ``create_if_absent`` lets exactly one of several concurrent writers win.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -44,6 +46,25 @@ class KeyNotFoundError(StorageError, FileNotFoundError):
 
 class StoreNotFoundError(StorageError):
     """The store itself does not exist, or holds nothing."""
+
+
+class UnsafeObjectError(StorageError):
+    """The key names something other than a regular file inside the store: a symbolic link (or a
+    path through one), a FIFO, a device or a socket. Such objects are never read."""
+
+
+class ObjectTooLargeError(StorageError):
+    """The object is larger than the reader's cap."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"),
+    ):  # fmt: skip
+        if test(mode):
+            return name
+    return "special file"
 
 
 def check_key(key: str) -> str:
@@ -101,22 +122,35 @@ class Store(ABC):
         """All keys starting with ``prefix`` (a string prefix, as in S3), sorted."""
 
     @abstractmethod
-    def open_stream(self, key: str) -> IO[bytes]:
-        """A binary stream over the object; the caller closes it. Raises ``KeyNotFoundError`` if absent."""
+    def open_stream(self, key: str, max_bytes: int | None = None) -> IO[bytes]:
+        """A binary stream over the object; the caller closes it.
+
+        Raises:
+            KeyNotFoundError: if absent.
+            ObjectTooLargeError: if ``max_bytes`` is given and the object is larger (checked before reading).
+            UnsafeObjectError: (local stores) if the key is not a regular file inside the store.
+        """
 
     @contextlib.contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_read(self, key: str, max_bytes: int | None = None) -> Iterator[IO[bytes]]:
         """``open_stream`` as a context manager, for data too large to hold at once."""
-        stream = self.open_stream(key)
+        stream = self.open_stream(key, max_bytes)
         try:
             yield stream
         finally:
             stream.close()
 
-    def read_bytes(self, key: str) -> bytes:
-        """The whole object. Raises ``KeyNotFoundError`` if absent."""
-        with self.open_read(key) as stream:
-            return stream.read()
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The whole object, refused (``ObjectTooLargeError``) beyond ``max_bytes``: the size is checked
+        before reading, and no more than ``max_bytes + 1`` bytes are read even if it grows meanwhile.
+        Raises ``KeyNotFoundError`` if absent."""
+        with self.open_read(key, max_bytes) as stream:
+            if max_bytes is None:
+                return stream.read()
+            data = stream.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ObjectTooLargeError(f"{key!r} in {self.uri} is larger than the {max_bytes}-byte cap")
+        return data
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -207,11 +241,59 @@ class LocalStore(Store):
                     keys.append(key)
         return sorted(keys)
 
-    def open_stream(self, key: str) -> IO[bytes]:
+    def open_stream(self, key: str, max_bytes: int | None = None) -> IO[bytes]:
+        fd = self._open_regular(key)
         try:
-            return self.path(key).open("rb")
+            size = os.fstat(fd).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLargeError(f"{key!r} in {self.uri} is {size} bytes, over the {max_bytes}-byte cap")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_regular(self, key: str) -> int:
+        """A descriptor of the regular file ``key`` names, reached without following any symbolic link
+        below the root (each folder opened relative to the last with ``O_NOFOLLOW``); FIFOs, devices
+        and sockets are refused before they are opened, and checked again on the open descriptor."""
+        *folders, name = check_key(key).split("/")
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError) as err:
             raise KeyNotFoundError(f"no object {key!r} in {self.uri}") from err
+        try:
+            for folder in folders:
+                self._check_entry(key, folder, fd, directory=True)
+                inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            self._check_entry(key, name, fd, directory=False)
+            try:
+                file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise UnsafeObjectError(f"{key!r} in {self.uri} is a symbolic link; it is not read") from err
+                raise
+        finally:
+            os.close(fd)
+        mode = os.fstat(file_fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(file_fd)
+            raise UnsafeObjectError(f"{key!r} in {self.uri} is a {_kind(mode)}, not a regular file; it is not read")
+        return file_fd
+
+    def _check_entry(self, key: str, name: str, dir_fd: int, *, directory: bool) -> None:
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except (FileNotFoundError, NotADirectoryError) as err:
+            raise KeyNotFoundError(f"no object {key!r} in {self.uri}") from err
+        if stat.S_ISLNK(mode):
+            where = f"passes through the symbolic link {name!r}" if directory else "is a symbolic link"
+            raise UnsafeObjectError(f"{key!r} in {self.uri} {where}; it is not read")
+        if directory and not stat.S_ISDIR(mode):
+            raise KeyNotFoundError(f"no object {key!r} in {self.uri}")
+        if not directory and not stat.S_ISREG(mode):
+            raise UnsafeObjectError(f"{key!r} in {self.uri} is a {_kind(mode)}, not a regular file; it is not read")
 
     def _temp_path(self, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +328,11 @@ class LocalStore(Store):
             self._replace(key, lambda out: shutil.copyfileobj(source, out, 1 << 20))
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        """Whether ``key`` is a regular file (a symbolic link, FIFO or device is not an object)."""
+        try:
+            return stat.S_ISREG(os.stat(self.path(key), follow_symlinks=False).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -365,9 +451,14 @@ class S3Store(Store):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
-    def open_stream(self, key: str) -> IO[bytes]:
+    def open_stream(self, key: str, max_bytes: int | None = None) -> IO[bytes]:
         with self._errors(key):
-            body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+            response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+        body = response["Body"]
+        size = int(response.get("ContentLength", 0))
+        if max_bytes is not None and size > max_bytes:
+            body.close()  # the headers told the size: no byte of the body is read
+            raise ObjectTooLargeError(f"{key!r} in {self.uri} is {size} bytes, over the {max_bytes}-byte cap")
         return cast(IO[bytes], body)  # botocore's StreamingBody reads like a binary file
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -424,9 +515,18 @@ class S3Store(Store):
                 cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
                 or cause.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
             ):
-                return False
+                return self._holds(key, data)
             raise
         return True
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """After a refused conditional write: whether the object is exactly ``data``. It is when an
+        earlier attempt of this same write landed and only its response was lost (botocore retried
+        and the retry saw its own object); that is this call's write, not a conflict."""
+        try:
+            return self.read_bytes(key) == data
+        except KeyNotFoundError:
+            return False
 
 
 def open_store(uri: str | os.PathLike[str], s3: S3Config | None = None) -> Store:

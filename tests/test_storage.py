@@ -246,3 +246,16 @@ def test_replace_if_concurrent_writers(store: Store) -> None:
     winners = [i for i, won in results.items() if won]
     assert len(winners) == 1
     assert store.read_bytes(key) == f"writer {winners[0]}".encode()
+
+
+def test_s3_conditional_write_that_already_landed_is_ours(s3_bucket: str, s3_config: S3Config) -> None:
+    """The decision after a 412: a retried PUT whose first attempt landed (its response lost) finds its
+    own bytes and reports the write as done; different bytes are a real conflict."""
+    store = S3Store(s3_bucket, "p", s3_config)
+    store.write_bytes("catalogs/b/v/_manifest.json", b"ours")  # the attempt whose response was lost
+    assert store.create_if_absent("catalogs/b/v/_manifest.json", b"ours")
+    assert not store.create_if_absent("catalogs/b/v/_manifest.json", b"theirs")
+    _, tag = store.read_tagged("catalogs/b/v/_manifest.json")
+    store.write_bytes("catalogs/b/v/_manifest.json", b"swapped")  # the swap landed; the retry holds a stale tag
+    assert store.replace_if("catalogs/b/v/_manifest.json", b"swapped", tag)
+    assert not store.replace_if("catalogs/b/v/_manifest.json", b"other", tag)

@@ -15,8 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from galaxy_models.storage import ObjectTooLargeError, Store, UnsafeObjectError
+
 FORMATS_BY_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# Bytes read of one image file at most: a survey cut-out is tens of kilobytes; anything far larger is
+# refused unread (and a link to /dev/zero can never be read until memory runs out).
+DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
 class ImageRejected(ValueError):
@@ -35,6 +40,21 @@ class PreparedImage:
     source_mode: str  # the mode before conversion: "RGB", "L", "CMYK", ...
     channel_mean: tuple[float, float, float]  # of the crop, in [0, 1]
     channel_sq_mean: tuple[float, float, float]  # mean of squares, for the variance
+
+
+def read_image_bytes(store: Store, key: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of one image file, or ``ImageRejected`` saying why it was not read: over the size
+    cap, or not a regular file (a symbolic link, FIFO or device in a local store).
+
+    Raises:
+        KeyNotFoundError: if the file is gone (the caller decides what a vanished image means).
+    """
+    try:
+        return store.read_bytes(key, max_bytes=max_bytes)
+    except ObjectTooLargeError:
+        raise ImageRejected(f"file larger than the {max_bytes}-byte cap; not read") from None
+    except UnsafeObjectError as err:
+        raise ImageRejected(f"refused: {err}") from None
 
 
 def _extension(name: str) -> str:

@@ -24,7 +24,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from galaxy_models.data.images import ImageRejected, PreparedImage, prepare_image
+from galaxy_models.data.images import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ImageRejected,
+    PreparedImage,
+    prepare_image,
+    read_image_bytes,
+)
 from galaxy_models.data.manifest import (
     MANIFEST,
     DatasetManifest,
@@ -58,6 +64,7 @@ class IngestConfig(BaseModel):
     expected_size: int | None = Field(424, ge=1, description="required square image side; None accepts any")
     jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of stored crops")
     samples_per_shard: int = Field(1000, ge=1, le=1_000_000)
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1, description="larger image files are quarantined unread")
     workers: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256, description="threads")
 
     def content_settings(self) -> dict[str, Any]:
@@ -170,7 +177,7 @@ def _prepare(
     """One candidate image read, checked and cropped, or the reason it was refused."""
     try:
         return row, prepare_image(
-            images.read_bytes(row[1]),
+            read_image_bytes(images, row[1], config.max_image_bytes),
             name=row[1],
             crop_size=config.crop_size,
             expected_size=config.expected_size,

@@ -34,7 +34,7 @@ from galaxy_models.catalogs.manifest import (
     write_part,
 )
 from galaxy_models.catalogs.schema import PROBABILITY_COLUMNS, catalog_rows
-from galaxy_models.data.images import ImageRejected, crop_image
+from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES, ImageRejected, crop_image, read_image_bytes
 from galaxy_models.domain import galaxy_id_from_key, is_name
 from galaxy_models.inference.config import ClassifyConfig, EngineName
 from galaxy_models.inference.engines import Engine, create_engine
@@ -78,23 +78,23 @@ class _Decoded:
     reason: str | None
 
 
-def _decode(store: Store, key: str, crop_size: int) -> _Decoded:
+def _decode(store: Store, key: str, crop_size: int, max_bytes: int) -> _Decoded:
     name = key.rsplit("/", 1)[-1]
     if not is_name(galaxy_id_from_key(key)):
         return _Decoded(key, None, f"file name {name!r} is not a valid galaxy id")
     try:
-        crop, _ = crop_image(store.read_bytes(key), name=name, crop_size=crop_size)
+        crop, _ = crop_image(read_image_bytes(store, key, max_bytes), name=name, crop_size=crop_size)
     except ImageRejected as err:
         return _Decoded(key, None, err.reason)
     return _Decoded(key, np.asarray(crop), None)
 
 
 def _decoded_batches(
-    store: Store, keys: Sequence[str], crop_size: int, batch_size: int, workers: int
+    store: Store, keys: Sequence[str], crop_size: int, batch_size: int, workers: int, max_bytes: int
 ) -> Iterator[list[_Decoded]]:
     """Images read and decoded by ``workers`` threads (Pillow releases the GIL), in key order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = pool.map(functools.partial(_decode, store, crop_size=crop_size), keys)
+        decoded = pool.map(functools.partial(_decode, store, crop_size=crop_size, max_bytes=max_bytes), keys)
         batch: list[_Decoded] = []
         for item in decoded:
             batch.append(item)
@@ -115,6 +115,7 @@ def classify_images(
     batch_size: int = 64,
     workers: int = 4,
     low_confidence: float = 0.5,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     progress: Callable[[int], object] | None = None,
 ) -> pa.Table:
     """Catalog rows for ``keys`` (one per key, in order)."""
@@ -122,7 +123,7 @@ def classify_images(
     source_keys: list[str] = []
     reasons: list[str | None] = []
     probabilities: list[np.ndarray] = []
-    for batch in _decoded_batches(store, keys, preprocessing.crop_size, batch_size, workers):
+    for batch in _decoded_batches(store, keys, preprocessing.crop_size, batch_size, workers, max_image_bytes):
         good = [d for d in batch if d.pixels is not None]
         p = np.full((len(batch), len(PROBABILITY_COLUMNS)), np.nan, dtype=np.float32)
         if good:
@@ -155,7 +156,8 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progres
     with progress_counter(total=len(keys), desc=f"{plan.batch_id} part {index}", unit="img", enabled=progress) as bar:
         table = classify_images(
             store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,
-            workers=config.workers, low_confidence=config.low_confidence, progress=bar.update,
+            workers=config.workers, low_confidence=config.low_confidence, max_image_bytes=config.max_image_bytes,
+            progress=bar.update,
         )  # fmt: skip
     return write_part(store, key, table)
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES
 from galaxy_models.domain import ModelRef, ModelRefText, check_name
 
 EngineName = Literal["auto", "torch", "openvino"]
@@ -25,6 +26,9 @@ class ClassifyConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine: EngineName = Field("auto", description="auto: openvino on a CPU where installed, else torch")
     workers: int = Field(4, ge=1, description="threads reading and decoding images")
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES, ge=1, description="larger image files get an unreadable row, unread"
+    )
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag rows whose top probability is below this")
     runner: Literal["default", "dask"] = Field("default", description="dask: parts run on a Dask cluster")
     dask_address: str | None = Field(None, description="scheduler address; None: a LocalCluster on this host")

@@ -117,6 +117,7 @@ class PromotionConflict(RuntimeError):
 def promote(store: Store, name: str, version: str) -> Production:
     """Make ``version`` the production model of ``name`` with a conditional write: of two concurrent
     promotions exactly one succeeds, the other raises ``PromotionConflict`` and changes nothing.
+    Promoting the version that is already production changes nothing and returns the record in force.
 
     Raises:
         ModelNotFoundError: if the version is not published.
@@ -126,9 +127,12 @@ def promote(store: Store, name: str, version: str) -> Production:
     key = f"models/{check_name(name, 'model name')}/production.json"
     try:
         data, tag = store.read_tagged(key)
-        previous: str | None = Production.model_validate_json(data).version
+        current = Production.model_validate_json(data)
     except KeyNotFoundError:
-        tag, previous = None, None
+        tag, current = None, None
+    if current is not None and current.version == version:
+        return current  # already production: rewriting would point `previous` at itself and lose the rollback
+    previous = current.version if current is not None else None
     production = Production(version=version, promoted_at=datetime.now(UTC), previous=previous)
     if not store.replace_if(key, production.model_dump_json(indent=2).encode(), tag):
         raise PromotionConflict(f"production.json of {name!r} changed during the promotion of {version!r}; retry")

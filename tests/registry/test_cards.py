@@ -105,3 +105,14 @@ def test_concurrent_promotions_one_wins(store: Store) -> None:
     assert len(winners) == 1
     assert sorted(outcomes.values()) == ["conflict", "conflict", "won"]
     assert production_version(store, "tiny") == winners[0]
+
+
+def test_promoting_the_production_version_again_keeps_the_rollback_pointer(store: Store) -> None:
+    _publish(store, "run1")
+    _publish(store, "run2")
+    promote(store, "tiny", "run1")
+    promote(store, "tiny", "run2")
+    before = store.read_bytes("models/tiny/production.json")
+    again = promote(store, "tiny", "run2")
+    assert (again.version, again.previous) == ("run2", "run1")
+    assert store.read_bytes("models/tiny/production.json") == before  # nothing rewritten
