@@ -57,6 +57,30 @@ def read_image_bytes(store: Store, key: str, max_bytes: int = DEFAULT_MAX_IMAGE_
         raise ImageRejected(f"refused: {err}") from None
 
 
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit (and 32-bit integer) grey is scaled to 8 bits over the full 16-bit range
+    (v / 257), not clipped at 255 as Pillow's own conversion would; floating-point images and integers
+    beyond 16 bits are refused, since no scale is known for them.
+
+    Raises:
+        ImageRejected: for a mode with no known 8-bit scale.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_GREY:
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageRejected(f"{image.mode} image with values outside 0-65535: no known 8-bit scale")
+        grey = np.rint(values.astype(np.float32) / 257.0).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        raise ImageRejected("floating-point image (mode F): no known 8-bit scale; store 8- or 16-bit images")
+    return image.convert("RGB")
+
+
 def _extension(name: str) -> str:
     dot = name.rfind(".")
     return name[dot:].lower() if dot >= 0 else ""
@@ -139,7 +163,7 @@ def crop_image(
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageRejected(f"corrupt or truncated image: {err}") from None
     source_mode = image.mode
-    rgb: Image.Image = image if source_mode == "RGB" else image.convert("RGB")
+    rgb = to_rgb(image)
     left, top = (width - crop_size) // 2, (height - crop_size) // 2
     crop = rgb.crop((left, top, left + crop_size, top + crop_size))
     return crop, source_mode

@@ -9,7 +9,7 @@ import pytest
 from badimages import corpus, good_rgb, jpeg, png
 from PIL import Image
 
-from galaxy_models.data.images import ImageRejected, prepare_image
+from galaxy_models.data.images import ImageRejected, crop_image, prepare_image, to_rgb
 
 CORPUS = corpus()
 
@@ -60,3 +60,26 @@ def test_unsupported_extension() -> None:
 def test_any_size_when_not_fixed() -> None:
     prepared = prepare_image(jpeg(good_rgb(size=300)), name="a.jpg", expected_size=None, crop_size=200)
     assert Image.open(io.BytesIO(prepared.jpeg)).size == (200, 200)
+
+
+def test_16_bit_grey_is_scaled_to_8_bits_not_clipped() -> None:
+    values = np.tile(np.linspace(0, 65535, 424, dtype=np.uint16), (424, 1))
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    crop, mode = crop_image(png(image), name="g16.png", crop_size=224)
+    pixels = np.asarray(crop)
+    assert mode == "I;16"
+    assert pixels.shape == (224, 224, 3)
+    expected = np.rint(values[100:324, 100:324].astype(np.float32) / 257).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[..., 0], expected)
+    assert 100 < pixels.mean() < 155  # a mid-grey ramp; Pillow's own conversion makes it almost all 255
+
+
+def test_floating_point_images_are_refused() -> None:
+    image = Image.fromarray(np.ones((424, 424), dtype=np.float32))
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    with pytest.raises(ImageRejected):
+        crop_image(buffer.getvalue(), name="f.png", crop_size=224)
+    with pytest.raises(ImageRejected, match="floating-point image"):
+        to_rgb(image)
