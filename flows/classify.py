@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.steps import PrefectSteps
 from galaxy_models.inference.classify import classify_pending
 from galaxy_models.inference.config import ClassifyConfig
-from galaxy_models.reports import artifact_key, classify_rows
+from galaxy_models.reports import artifact_key, classify_rows, skipped_rows
 
 
 def task_runner(config: ClassifyConfig) -> Any:
@@ -38,6 +38,12 @@ def classify_flow(config: ClassifyConfig = ClassifyConfig()) -> dict[str, Any]: 
     for result in report.batches:
         state = "committed" if result.committed else "already committed by another run"
         print(f"{result.manifest.batch_id}: {result.manifest.rows} rows {state}")
+    if report.skipped:
+        create_table_artifact(
+            table=skipped_rows(report.skipped),
+            key=f"{artifact_key('classify', card.name)}-skipped",
+            description="Folders under incoming/ that are not batches, left unclassified",
+        )
     if report.batches:
         create_table_artifact(
             table=classify_rows([r.manifest for r in report.batches]),

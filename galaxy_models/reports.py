@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from galaxy_models.catalogs.export import ExportSummary
+from galaxy_models.catalogs.incoming import SkippedBatch
 from galaxy_models.catalogs.manifest import CatalogManifest
 from galaxy_models.data.manifest import DatasetManifest
 from galaxy_models.data.splits import SPLITS
@@ -118,6 +119,11 @@ def classify_rows(manifests: Sequence[CatalogManifest]) -> list[dict[str, Any]]:
         {"batch": m.batch_id, "rows": m.rows, **m.flags, **{f"class {k}": v for k, v in m.classes.items()}}
         for m in manifests
     ]
+
+
+def skipped_rows(skipped: Sequence[SkippedBatch]) -> list[dict[str, Any]]:
+    """Folders under incoming/ that were not classified, and why."""
+    return [{"folder": f"incoming/{s.folder}/", "reason": s.reason} for s in skipped]
 
 
 def export_rows(summary: ExportSummary) -> list[dict[str, Any]]:

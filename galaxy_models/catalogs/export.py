@@ -14,7 +14,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from galaxy_models.catalogs.incoming import list_batches
 from galaxy_models.catalogs.manifest import read_catalog, read_catalog_manifest
 from galaxy_models.catalogs.schema import CATALOG_SCHEMA
 from galaxy_models.domain import CLASS_NAMES, ModelRef, ModelRefText
@@ -81,15 +80,18 @@ class ExportSummary(BaseModel):
 
 
 def merged_catalog(store: Store, name: str, version: str) -> tuple[pa.Table, list[str]]:
-    """All committed catalogs of ``name``/``version``, batch by batch; batches without a complete
+    """All committed catalogs of ``name``/``version``, batch by batch. Batches are found under
+    catalogs/ (a batch whose incoming/ folder was cleared keeps its catalog); ones without a complete
     catalog for that version are left out (and not listed)."""
-    tables, batches = [], []
-    for batch in list_batches(store):
+    suffix = f"/{version}/_manifest.json"
+    batches = sorted(k.split("/")[1] for k in store.list("catalogs/") if k.endswith(suffix) and k.count("/") == 3)
+    tables, found = [], []
+    for batch in batches:
         manifest = read_catalog_manifest(store, batch, version)
         if manifest is not None and manifest.model_name == name:
             tables.append(read_catalog(store, manifest))
-            batches.append(batch)
-    return (pa.concat_tables(tables) if tables else CATALOG_SCHEMA.empty_table()), batches
+            found.append(batch)
+    return (pa.concat_tables(tables) if tables else CATALOG_SCHEMA.empty_table()), found
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:

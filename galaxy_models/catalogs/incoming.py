@@ -6,8 +6,10 @@ A batch is a folder directly under ``incoming/`` whose name is a valid ID; its i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from galaxy_models.catalogs.manifest import read_catalog_manifest
-from galaxy_models.domain import check_name
+from galaxy_models.domain import NAME_RULE, check_name, is_name
 from galaxy_models.storage import KeyNotFoundError, Store
 
 INCOMING = "incoming"
@@ -18,8 +20,29 @@ class BatchNotFoundError(KeyNotFoundError):
     """No such batch under incoming/, or one without images."""
 
 
+@dataclass(frozen=True)
+class SkippedBatch:
+    """A folder under incoming/ that is not a batch, and why."""
+
+    folder: str
+    reason: str
+
+
+def scan_batches(store: Store) -> tuple[list[str], list[SkippedBatch]]:
+    """The batches under incoming/, and the folders skipped because their name is not a valid batch
+    id (one odd folder must not stop every batch)."""
+    folders = sorted({k.split("/")[1] for k in store.list(f"{INCOMING}/") if k.count("/") >= 2})
+    skipped = [
+        SkippedBatch(folder, f"folder name {folder!r} is not a valid batch id (use {NAME_RULE})")
+        for folder in folders
+        if not is_name(folder)
+    ]
+    return [f for f in folders if is_name(f)], skipped
+
+
 def list_batches(store: Store) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list(f"{INCOMING}/") if k.count("/") >= 2})
+    """The valid batch ids under incoming/ (see ``scan_batches`` for the folders left out)."""
+    return scan_batches(store)[0]
 
 
 def batch_images(store: Store, batch_id: str) -> list[str]:
@@ -43,6 +66,6 @@ def require_images(store: Store, batch_id: str) -> list[str]:
 
 
 def pending_batches(store: Store, model_version: str) -> list[str]:
-    """Batches with images and no complete catalog for ``model_version``."""
+    """Batches with images and no complete catalog for ``model_version`` (invalid folders left out)."""
     batches = [b for b in list_batches(store) if batch_images(store, b)]
     return [b for b in batches if read_catalog_manifest(store, b, model_version) is None]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from galaxy_models.cli.app import JsonOption, StoreOption, app, catalog_app, existing_store, table
+from galaxy_models.cli.app import JsonOption, StoreOption, app, catalog_app, echo_err, existing_store, table
 
 ModelOption = Annotated[str, typer.Option(help="NAME or NAME@VERSION (default version: production)")]
 
@@ -41,7 +41,7 @@ def classify(
         require_images(target, batch_id)
     from galaxy_models.inference.classify import classify_pending
 
-    report = classify_pending(config, progress=not as_json)
+    report = classify_pending(config, progress=not as_json, log=echo_err)
     if as_json:
         typer.echo(json.dumps(report.summary()))
         return

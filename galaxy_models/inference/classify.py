@@ -13,7 +13,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from galaxy_models.catalogs.incoming import pending_batches, require_images
+from galaxy_models.catalogs.incoming import INCOMING, SkippedBatch, pending_batches, require_images, scan_batches
 from galaxy_models.catalogs.manifest import (
     CatalogManifest,
     CatalogPart,
@@ -190,6 +190,7 @@ class BatchResult:
 class ClassifyReport:
     card: ModelCard
     batches: list[BatchResult]
+    skipped: list[SkippedBatch] = field(default_factory=list)  # folders under incoming/ that are not batches
 
     def summary(self) -> dict[str, Any]:
         """What ``classify --json`` prints and classify-flow returns."""
@@ -203,6 +204,7 @@ class ClassifyReport:
                 }
                 for r in self.batches
             },
+            "skipped": {s.folder: s.reason for s in self.skipped},
         }  # fmt: skip
 
 
@@ -223,17 +225,24 @@ def classify_batch(
     return steps.run("commit", commit, store, plan, parts)
 
 
-def classify_pending(config: ClassifyConfig, *, progress: bool = True, steps: Steps = IN_PROCESS) -> ClassifyReport:
+def classify_pending(
+    config: ClassifyConfig, *, progress: bool = True, log: Callable[[str], None] = print, steps: Steps = IN_PROCESS
+) -> ClassifyReport:
     """Classify the batches named in ``config`` (default: every batch with images and no complete
-    catalog for the model version) with the model it names (default version: production)."""
+    catalog for the model version) with the model it names (default version: production). Folders
+    under incoming/ that are not valid batch ids are skipped with a warning to ``log`` and reported."""
     store = open_store(config.store)
     card = steps.run("find-model", resolve_card, store, config)
+    skipped: list[SkippedBatch] = []
     if config.batches is not None:
         batches = list(config.batches)
     else:
         batches = steps.run("find-batches", pending_batches, store, card.version)
+        skipped = scan_batches(store)[1]
+    for folder in skipped:
+        log(f"warning: skipped {INCOMING}/{folder.folder}/: {folder.reason}")
     results = []
     for batch_id in batches:
         manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
         results.append(BatchResult(manifest, committed))
-    return ClassifyReport(card=card, batches=results)
+    return ClassifyReport(card=card, batches=results, skipped=skipped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +19,12 @@ from badimages import CORPUS_BATCH as BATCH
 from badimages import corpus
 from typer.testing import CliRunner
 
+from galaxy_models.catalogs.export import ExportConfig, export_catalogs
 from galaxy_models.catalogs.incoming import batch_images, pending_batches
 from galaxy_models.catalogs.manifest import read_catalog, read_catalog_manifest
 from galaxy_models.catalogs.schema import CATALOG_SCHEMA
 from galaxy_models.cli import app
-from galaxy_models.inference.classify import classify_batch
+from galaxy_models.inference.classify import classify_batch, classify_pending
 from galaxy_models.inference.config import ClassifyConfig
 from galaxy_models.registry.cards import promote, read_card
 from galaxy_models.storage import LocalStore
@@ -177,3 +179,21 @@ def test_classify_cli(root: Path) -> None:
     assert missing.exit_code == 2
     assert "no model 'nope' in" in missing.output  # unknown, not unpromoted (the CLI errors test has that one)
     assert "published models: cs_resnet_tiny" in missing.output
+
+
+def test_a_bad_folder_does_not_block_the_other_batches(root: Path, tmp_path: Path) -> None:
+    (root / "incoming" / "bad batch").mkdir()
+    (root / "incoming" / "bad batch" / "100001.jpg").write_bytes((root / "incoming" / BATCH / "cmyk.jpg").read_bytes())
+    warnings: list[str] = []
+    report = classify_pending(_config(root), progress=False, log=warnings.append)
+    assert {r.manifest.batch_id for r in report.batches} == {BATCH, "synthetic-batch-002"}
+    assert [s.folder for s in report.skipped] == ["bad batch"]
+    assert warnings == [f"warning: skipped incoming/bad batch/: {report.skipped[0].reason}"]
+    assert report.summary()["skipped"] == {"bad batch": report.skipped[0].reason}
+    result = runner.invoke(app, ["classify", "--store", str(root), "--model", "cs_resnet_tiny"])
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped incoming/bad batch/" in result.stderr
+    assert "nothing to classify" in result.stdout
+    shutil.rmtree(root / "incoming" / "synthetic-batch-002")  # a batch whose images were cleared away
+    summary = export_catalogs(ExportConfig(store=str(root), model="cs_resnet_tiny", out=str(tmp_path / "c.parquet")))
+    assert summary.batches == [BATCH, "synthetic-batch-002"]  # its catalog is still exported
