@@ -46,7 +46,7 @@ from galaxy_models.domain import CLASS_NAMES, Name, galaxy_id_from_key, is_name
 from galaxy_models.labels import ID_COLUMN, NO_CLASS, VOTE_COLUMNS, assign_classes, parse_votes
 from galaxy_models.progress import progress_counter
 from galaxy_models.steps import IN_PROCESS, Steps
-from galaxy_models.storage import Store, open_store, read_uri
+from galaxy_models.storage import Store, check_key, open_store, read_uri
 
 
 class IngestConfig(BaseModel):
@@ -138,6 +138,11 @@ def join_labels_and_images(labels: LabelTable, image_keys: list[str]) -> JoinRes
             result.quarantine.append(
                 QuarantineEntry(source_key=key, galaxy_id=None, reason="file name is not a valid GalaxyID")
             )
+            continue
+        try:
+            check_key(key)  # a backslash in a folder name, 'images//x.jpg' on S3: this key cannot be read
+        except ValueError as err:
+            result.quarantine.append(QuarantineEntry(source_key=key, galaxy_id=gid, reason=str(err)))
             continue
         if gid in first_key:
             reason = f"duplicate GalaxyID {gid}: {first_key[gid]} is used"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,3 +245,49 @@ def test_manifest_records_provenance(survey: Path, tmp_path: Path) -> None:
     with tarfile.open(fileobj=sample_json) as tar:
         names = tar.getnames()[:3]
     assert [n.rsplit(".", 1)[1] for n in names] == ["cls", "jpg", "json"]
+
+
+def _labelled_copy(survey: Path, tmp_path: Path, gids: list[str]) -> Path:
+    """The survey's vote table with a smooth-round row for each of ``gids``."""
+    votes = pd.read_csv(survey / "labels.csv", dtype={"GalaxyID": str})
+    extra = [
+        votes.iloc[[0]].assign(GalaxyID=g, **{"Class1.1": 0.9, "Class7.1": 0.8, "Class7.2": 0.05, "Class7.3": 0.05})
+        for g in gids
+    ]
+    labels = tmp_path / "labels.csv"
+    pd.concat([votes, *extra]).to_csv(labels, index=False)
+    return labels
+
+
+def test_an_odd_source_key_is_quarantined_not_fatal(survey: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(survey / "images", images)
+    (images / "night\\2").mkdir()  # a backslash in a folder name
+    (images / "night\\2" / "900001.jpg").write_bytes(next((survey / "images").iterdir()).read_bytes())
+    labels = _labelled_copy(survey, tmp_path, ["900001"])
+    manifest = ingest(config_for(images, labels, LocalStore(tmp_path / "store")), progress=False).manifest
+    (entry,) = [q for q in manifest.quarantine if q.galaxy_id == "900001"]
+    assert "backslash" in entry.reason
+    assert manifest.counts.adds_up
+    assert manifest.counts.sharded == 160 - manifest.counts.without_class
+
+
+def test_an_empty_segment_in_an_s3_key_is_quarantined(
+    survey: Path, tmp_path: Path, s3_bucket: str, s3_config: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = S3Store(s3_bucket, "", s3_config)
+    for path in sorted((survey / "images").iterdir())[:20]:
+        source.write_bytes(f"survey/images/{path.name}", path.read_bytes())
+    first = sorted((survey / "images").iterdir())[0].read_bytes()
+    source.client.put_object(Bucket=s3_bucket, Key="survey/images//900002.jpg", Body=first)
+    labels = _labelled_copy(survey, tmp_path, ["900002"])
+    for name, value in (
+        ("AWS_ENDPOINT_URL", str(s3_config.endpoint_url)), ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    config = config_for(f"s3://{s3_bucket}/survey/images", labels, LocalStore(tmp_path / "store"))
+    manifest = ingest(config, progress=False).manifest
+    (entry,) = [q for q in manifest.quarantine if q.galaxy_id == "900002"]
+    assert "invalid storage key" in entry.reason
+    assert manifest.counts.adds_up
