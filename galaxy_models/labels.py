@@ -172,6 +172,8 @@ def read_votes(source: str | IO[bytes] | IO[str]) -> pd.DataFrame:
 def parse_votes(data: bytes, source: str) -> pd.DataFrame:
     """``read_votes`` over a file's bytes, first refusing with a ``ValueError`` naming ``source`` a
     file that is not text (an image, an archive, a spreadsheet) instead of a parser's complaint."""
+    if not data.strip():
+        raise ValueError(f"{source} is empty; give the vote table (CSV with GalaxyID and the 37 vote columns)")
     head = data[:65536]
     if b"\x00" in head:
         raise ValueError(f"{source} is not a text CSV file (it holds binary data); give the vote table (CSV)")
@@ -182,7 +184,10 @@ def parse_votes(data: bytes, source: str) -> pd.DataFrame:
             f"{source} is not a UTF-8 text CSV file (byte {err.start} is {head[err.start : err.start + 1]!r}); "
             "give the vote table (CSV)"
         ) from None
-    return read_votes(io.BytesIO(data))
+    try:
+        return read_votes(io.BytesIO(data))
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{source} is not a readable CSV file: {err}") from None
 
 
 def class_counts(classes: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> dict[str, object]:

@@ -300,17 +300,31 @@ class LocalStore(Store):
         return target.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
 
     def _write_temp(self, target: Path, fill: Callable[[IO[bytes]], object]) -> Path:
-        """A synced temp file beside ``target``, filled by ``fill``; removed again if filling fails."""
-        temp = self._temp_path(target)
-        try:
-            with temp.open("wb") as out:
-                fill(out)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        """A synced temp file beside ``target``, filled by ``fill``; removed again if filling fails.
+        A full disk or a read-only store raises ``StorageError`` naming the key."""
+        with self._write_errors(target):
+            temp = self._temp_path(target)
+            try:
+                with temp.open("wb") as out:
+                    fill(out)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
         return temp
+
+    @contextlib.contextmanager
+    def _write_errors(self, target: Path) -> Iterator[None]:
+        try:
+            yield
+        except OSError as err:
+            key = target.relative_to(self.root).as_posix()
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError(f"no space left on the device writing {key!r} in {self.uri}") from err
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StorageError(f"cannot write {key!r} in {self.uri}: {err.strerror}") from err
+            raise
 
     def _replace(self, key: str, fill: Callable[[IO[bytes]], object]) -> None:
         target = self.path(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,33 @@ from galaxy_models.labels import ID_COLUMN, NO_CLASS, VOTE_COLUMNS, assign_class
 from galaxy_models.progress import progress_counter
 from galaxy_models.steps import IN_PROCESS, Steps
 from galaxy_models.storage import Store, check_key, open_store, read_uri
+
+# Shards are built in a temporary folder named after the ingesting process, so that the next ingest
+# can remove the folders a killed one left behind.
+WORKDIR_PREFIX = "galaxy-ingest-"
+
+
+def remove_stale_workdirs() -> list[str]:
+    """Remove the work folders of ingest processes that no longer run; returns their paths."""
+    removed = []
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            owner = entry.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+            if not entry.name.startswith(WORKDIR_PREFIX) or not owner.isdigit() or _running(int(owner)):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class IngestConfig(BaseModel):
@@ -223,7 +251,7 @@ def shard_split(
     """Read, check and crop one split's images in parallel threads and write its shards (built in
     ``workdir``, a temporary directory by default, before each is uploaded)."""
     if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="galaxy-ingest-") as temporary:
+        with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as temporary:
             return shard_split(
                 config, store, version, split, members, labels, workdir=Path(temporary), progress=progress
             )
@@ -317,6 +345,7 @@ def ingest(
     """Label, join, split, check, crop and shard, then commit the manifest; each a step of ``steps``
     (ingest-flow runs them as Prefect tasks). A version that is already complete is returned as it is."""
     store = store or open_store(config.store)
+    remove_stale_workdirs()
     labels = steps.run("read-labels", load_labels, config.labels)
     image_keys = steps.run("list-images", list_images, config.images)
     joined = steps.run("join", join_labels_and_images, labels, image_keys)

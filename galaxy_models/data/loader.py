@@ -33,13 +33,18 @@ from torchvision.io import decode_jpeg
 
 from galaxy_models.data.augmentation import Augmentation, colour_table, orient
 from galaxy_models.data.manifest import DatasetManifest
-from galaxy_models.data.shards import S3Opener, iter_shard_streams, shard_urls
+from galaxy_models.data.shards import CorruptShardError, S3Opener, iter_shard_streams, shard_urls
 from galaxy_models.storage import Store
 
 
 def _decode(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """-> (H, W, 3) uint8, contiguous, and the class. torchvision's decoder, about twice as fast as
     Pillow's here, returns a (3, H, W) view of (H, W, 3) pixels: permuting back copies nothing."""
+    missing = [part for part in ("jpg", "cls") if part not in sample]
+    if missing:
+        raise CorruptShardError(
+            f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')!r} has no {' or '.join(missing)}"
+        )
     image = decode_jpeg(torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8))
     return image.permute(1, 2, 0), int(sample["cls"])
 

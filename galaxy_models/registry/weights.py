@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from galaxy_models.models.architectures import create_model
-from galaxy_models.models.serialization import load_checkpoint, save_checkpoint
+from galaxy_models.models.serialization import CheckpointError, load_checkpoint, save_checkpoint
 from galaxy_models.registry.cards import ModelCard, model_prefix, read_card
 from galaxy_models.storage import Store
 
@@ -31,7 +31,22 @@ def load_model(store: Store, name: str, version: str | None = None) -> tuple[nn.
     """The published model (the production version if ``version`` is None) in eval mode, and its card.
     Weights load with ``weights_only=True``."""
     card = read_card(store, name, version)
-    state = load_checkpoint(store, f"{model_prefix(card.name, card.version)}/model.pt")
+    key = f"{model_prefix(card.name, card.version)}/model.pt"
+    state = load_checkpoint(store, key)
     model = create_model(card.architecture, num_classes=len(card.class_names))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # torch lists every missing and unexpected key over many lines
+        missing, unexpected = _key_difference(model.state_dict(), state)
+        raise CheckpointError(
+            f"{store.url(key)} does not hold {card.architecture} weights for {len(card.class_names)} classes "
+            f"({missing} missing, {unexpected} unexpected or misshapen tensors); its card and weights disagree"
+        ) from err
     return model.eval(), card
+
+
+def _key_difference(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Tensors the model needs that ``found`` lacks, and tensors of ``found`` it has no place for."""
+    missing = sum(1 for k in expected if k not in found)
+    unexpected = sum(1 for k, v in found.items() if k not in expected or expected[k].shape != getattr(v, "shape", None))
+    return missing, unexpected

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from galaxy_models.training.config import TrainConfig
 from galaxy_models.training.loop import train
-from galaxy_models.training.runs import TrainRun, read_run, resolve_dataset
+from galaxy_models.training.runs import TrainRun, read_run, record_config, resolve_dataset
 
 
 class TrainingFailed(RuntimeError):
@@ -39,6 +39,7 @@ def launch(
     if config.batch_size % count:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly over {count} processes")
     store, manifest = resolve_dataset(config)  # fail here, not in every child, if the data is missing
+    record_config(store, config, config.run_id(manifest, count))  # or if the store is read-only
     with tempfile.TemporaryDirectory(prefix="galaxy-train-") as tmp:
         config_path = os.path.join(tmp, "config.json")
         with open(config_path, "w") as f:

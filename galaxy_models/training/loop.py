@@ -42,6 +42,7 @@ from galaxy_models.training.runs import (
     manifest_sha256,
     mean_rate,
     read_run,
+    record_config,
     resolve_dataset,
     run_prefix,
 )
@@ -89,6 +90,8 @@ def _train(config: TrainConfig, processes: Processes, *, progress: bool, log: Lo
         return finished
     if config.batch_size % processes.world:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly over {processes.world} processes")
+    if processes.main:
+        record_config(store, config, run_id)
     configure_backends(config, processes.device)
     run = _prepare(config, processes, store, manifest, run_id)
     restored = TrainingState.restore(store, f"{run.prefix}/checkpoint.pt", run.trainables, processes.device)

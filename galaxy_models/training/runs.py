@@ -61,6 +61,12 @@ def run_prefix(name: str, run_id: str) -> str:
     return f"runs/{name}/{run_id}"
 
 
+def record_config(store: Store, config: TrainConfig, run_id: str) -> None:
+    """Save the resolved config beside the run. Also the run's first write: a store that cannot be
+    written to fails here, before any epoch is trained."""
+    store.write_bytes(f"{run_prefix(config.run_name, run_id)}/config.json", config.model_dump_json(indent=2).encode())
+
+
 def manifest_sha256(store: Store, manifest: DatasetManifest) -> str:
     return hashlib.sha256(store.read_bytes(f"{manifest.prefix}/manifest.json")).hexdigest()
 
