@@ -171,7 +171,8 @@ def make_loader(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     rank, world = _rank_and_world() if distributed else (0, 1)
-    urls = shard_urls(store, manifest.split_shards(split))
+    shards = manifest.split_shards(split)
+    urls = shard_urls(store, shards)
     if len(urls) < world:
         raise ValueError(
             f"split {split!r} of {manifest.name}/{manifest.version} has {len(urls)} shards for {world} ranks; "
@@ -182,8 +183,10 @@ def make_loader(
     # A worker without shards would spin forever in a cycling pipeline: never start more than there are.
     workers = min(workers, len(urls[rank::world]))
     handler = wds.reraise_exception if on_error == "raise" else wds.warn_and_continue
+    # strict loaders check every shard they read whole against the manifest's sha256 (no second pass)
+    expected = dict(zip(urls, shards, strict=True)) if on_error == "raise" else None
     read = [
-        partial(iter_shard_streams, s3_opener=s3_opener),
+        partial(iter_shard_streams, s3_opener=s3_opener, expected=expected),
         partial(wds.tariterators.tar_file_expander, handler=handler),
         partial(wds.tariterators.group_by_keys, handler=handler),
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -148,11 +148,37 @@ def open_shard(url: str, s3_opener: S3Opener | None = None) -> IO[bytes]:
     return open(url, "rb")
 
 
-def iter_shard_streams(urls: Iterable[dict[str, Any]], s3_opener: S3Opener | None) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: ``{"url": u}`` -> ``{"url": u, "stream": ...}``, the streams closed after use."""
+def iter_shard_streams(
+    urls: Iterable[dict[str, Any]], s3_opener: S3Opener | None, expected: Mapping[str, ShardInfo] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: ``{"url": u}`` -> ``{"url": u, "stream": ...}``, the streams closed after use.
+
+    With ``expected`` (url -> manifest entry) every shard is hashed as it is read, with no second
+    pass: once the reader is done with a shard (the next one is asked for), its last padding bytes
+    are read and its size and sha256 compared with the manifest. A shard that changed after ingest
+    stops the pipeline with ``CorruptShardError`` naming it. A shard a reader leaves half read (the
+    end of a training epoch) is not checked that time; it is on a pass that reads it whole.
+    """
     for sample in urls:
-        stream = open_shard(sample["url"], s3_opener)
+        url = sample["url"]
+        stream = open_shard(url, s3_opener)
+        info = expected.get(url) if expected is not None else None
+        reader = _HashingReader(stream, hashlib.sha256()) if info is not None else stream
         try:
-            yield {**sample, "stream": stream}
+            yield {**sample, "stream": reader}
+            if info is not None:
+                _check_read_shard(reader, info, url)  # type: ignore[arg-type]
         finally:
             stream.close()
+
+
+def _check_read_shard(reader: _HashingReader, info: ShardInfo, url: str) -> None:
+    while reader.read(1 << 20):  # tar padding after the last member
+        pass
+    digest = reader.digest.hexdigest()
+    if reader.size != info.size_bytes or digest != info.sha256:
+        raise CorruptShardError(
+            f"shard {url} does not match its manifest entry ({reader.size} bytes, sha256 {digest[:12]}...; "
+            f"expected {info.size_bytes} bytes, {info.sha256[:12]}...): it changed after ingest; "
+            "check the dataset with `galaxy-pipeline datasets verify`"
+        )

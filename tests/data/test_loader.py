@@ -282,3 +282,31 @@ def test_shards_have_plain_ustar_headers(dataset: tuple[LocalStore, DatasetManif
         members = tar.getmembers()
     assert members
     assert all(m.pax_headers == {} and m.mtime == 0 for m in members)
+
+
+def test_a_shard_changed_after_ingest_stops_training_and_evaluation(
+    dataset: tuple[LocalStore, DatasetManifest], tmp_path: Path
+) -> None:
+    """One flipped digit in a sample's metadata: the tar and the JPEGs stay valid, so only the sha256
+    the loader computes as it reads can tell."""
+    store, manifest = dataset
+    copy = LocalStore(tmp_path)
+    for key in store.list(f"{manifest.prefix}/"):
+        copy.write_bytes(key, store.read_bytes(key))
+    assert len(list(make_loader(copy, manifest, "train", batch_size=4, train=True, workers=0))) > 0
+    for split in ("train", "val"):
+        shard = manifest.split_shards(split)[0]
+        data = bytearray(copy.read_bytes(shard.key))
+        at = data.index(b'"votes"') + data[data.index(b'"votes"') :].index(b"0.")
+        data[at] = ord("1") if data[at] != ord("1") else ord("2")
+        copy.write_bytes(shard.key, bytes(data))
+    with pytest.raises(ValueError, match=r"shard .*val-000000.tar does not match its manifest entry"):
+        list(make_loader(copy, manifest, "val", batch_size=4, train=False, workers=0))
+    train = make_loader(copy, manifest, "train", batch_size=2, train=True, workers=1, seed=3)
+    with pytest.raises(ValueError, match=r"shard .*train-\d+.tar does not match its manifest entry"):
+        _passes(train, 3)  # each pass is an epoch; one of them reads the changed shard whole
+
+
+def _passes(loader: object, epochs: int) -> None:
+    for _ in range(epochs):
+        list(loader)  # type: ignore[call-overload]
