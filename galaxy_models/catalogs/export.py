@@ -18,7 +18,15 @@ from galaxy_models.catalogs.manifest import read_catalog, read_catalog_manifest
 from galaxy_models.catalogs.schema import CATALOG_SCHEMA
 from galaxy_models.domain import CLASS_NAMES, ModelRef, ModelRefText
 from galaxy_models.registry.cards import resolve
-from galaxy_models.storage import LocalStore, Store, open_store, split_uri
+from galaxy_models.storage import (
+    KeyNotFoundError,
+    LocalStore,
+    ObjectTooLargeError,
+    Store,
+    UnsafeObjectError,
+    open_store,
+    split_uri,
+)
 
 FORMATS = ("csv", "parquet")
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -106,16 +114,25 @@ def encode(table: pa.Table, fmt: str) -> bytes:
 
 
 def _write(target: str, data: bytes) -> str:
-    """Write to a local path or an s3:// URI atomically."""
+    """Write to a local path or an s3:// URI atomically, unless it already holds exactly ``data``
+    (an export run again over the same catalogs writes nothing)."""
     if target.startswith("s3://"):
         root, key = split_uri(target)
-        destination = open_store(root)
+        destination: Store = open_store(root)
+        location = destination.url(key)
+    else:
+        path = Path(target).expanduser().absolute()
+        destination, key, location = LocalStore(path.parent), path.name, os.fspath(path)
+    if not _holds(destination, key, data):
         destination.write_bytes(key, data)
-        return destination.url(key)
-    path = Path(target).expanduser().absolute()
-    local = LocalStore(path.parent)
-    local.write_bytes(path.name, data)
-    return os.fspath(path)
+    return location
+
+
+def _holds(store: Store, key: str, data: bytes) -> bool:
+    try:
+        return store.read_bytes(key, max_bytes=len(data)) == data
+    except (KeyNotFoundError, ObjectTooLargeError, UnsafeObjectError):
+        return False
 
 
 def distribution_png(table: pa.Table, title: str) -> bytes:

@@ -61,3 +61,15 @@ def test_the_format_follows_the_extension_unless_given() -> None:
     assert ExportConfig().output_format == "parquet"
     with pytest.raises(ValueError, match="format 'parquet' contradicts out 'x.csv'"):
         ExportConfig(out="x.csv", format="parquet")
+
+
+def test_exporting_twice_writes_nothing_the_second_time(root: Path, tmp_path: Path) -> None:
+    classify_batch(_config(root), "synthetic-batch-002", progress=False)
+    out = tmp_path / "exports"
+    config = ExportConfig(store=str(root), model="cs_resnet_tiny", out=str(out / "all.parquet"))
+    first = export_catalogs(config)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(stamps) == {"all.parquet", "all.parquet.png"}
+    second = export_catalogs(config)
+    assert second == first
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing rewritten
