@@ -32,7 +32,7 @@ import webdataset as wds
 from torchvision.io import decode_jpeg
 
 from galaxy_models.data.augmentation import Augmentation, colour_table, orient
-from galaxy_models.data.manifest import DatasetManifest
+from galaxy_models.data.manifest import DatasetManifest, ShardInfo
 from galaxy_models.data.shards import CorruptShardError, S3Opener, iter_shard_streams, shard_urls
 from galaxy_models.storage import Store
 
@@ -182,14 +182,7 @@ def make_loader(
     # DataLoader workers do not see the process group, so that would give every rank every shard.
     # A worker without shards would spin forever in a cycling pipeline: never start more than there are.
     workers = min(workers, len(urls[rank::world]))
-    handler = wds.reraise_exception if on_error == "raise" else wds.warn_and_continue
-    # strict loaders check every shard they read whole against the manifest's sha256 (no second pass)
-    expected = dict(zip(urls, shards, strict=True)) if on_error == "raise" else None
-    read = [
-        partial(iter_shard_streams, s3_opener=s3_opener, expected=expected),
-        partial(wds.tariterators.tar_file_expander, handler=handler),
-        partial(wds.tariterators.group_by_keys, handler=handler),
-    ]
+    read, handler = _read_stages(urls, shards, on_error, s3_opener)
     if not train:
         return _evaluation_loader(urls[rank::world], read, handler, batch_size, workers)
     batches = manifest.split_size(split) // (batch_size * world)
@@ -199,13 +192,36 @@ def make_loader(
             f"too few for one batch of {batch_size} on {world} ranks"
         )
     epochs = _TrainEpochs(urls, seed=seed, epoch=epoch, rank=rank, world=world, batches=batches, batch_size=batch_size)
-    augment = partial(_decode_augmented, augmentation=augmentation or Augmentation(), rng=epochs.rng)
+    return _training_loader(epochs, read, handler, augmentation or Augmentation(), shuffle_buffer, workers)
+
+
+def _read_stages(
+    urls: list[str], shards: list[ShardInfo], on_error: Literal["raise", "warn"], s3_opener: S3Opener | None
+) -> tuple[list[Any], Any]:
+    """The stages from shard URL to grouped samples, and the error handler every stage uses. Strict
+    loaders also check every shard they read whole against the manifest's sha256 (no second pass)."""
+    handler = wds.reraise_exception if on_error == "raise" else wds.warn_and_continue
+    expected = dict(zip(urls, shards, strict=True)) if on_error == "raise" else None
+    read = [
+        partial(iter_shard_streams, s3_opener=s3_opener, expected=expected),
+        partial(wds.tariterators.tar_file_expander, handler=handler),
+        partial(wds.tariterators.group_by_keys, handler=handler),
+    ]
+    return read, handler
+
+
+def _training_loader(
+    epochs: _TrainEpochs, read: list[Any], handler: Any, augmentation: Augmentation, shuffle_buffer: int, workers: int
+) -> wds.WebLoader:
+    """Shards of each epoch -> samples, shuffled, decoded and augmented with the epoch's generator,
+    batched (full batches only), and stopped at this worker's quota."""
+    augment = partial(_decode_augmented, augmentation=augmentation, rng=epochs.rng)
     pipeline = wds.DataPipeline(
         epochs,
         *read,
         partial(epochs.shuffle, buffer=shuffle_buffer),
         wds.map(augment, handler=handler),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
+        wds.batched(epochs.batch_size, collation_fn=_collate, partial=False),
         epochs.take_quota,
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
