@@ -12,18 +12,12 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
 DEFAULT_INTERVAL = 30.0
-
-
-class Progress(Protocol):
-    def update(self, n: int = 1) -> object: ...
-
-    def close(self) -> None: ...
 
 
 def on_terminal() -> bool:

@@ -221,7 +221,7 @@ class LocalStore(Store):
 
     def is_empty(self) -> bool:
         with os.scandir(self.root) as entries:
-            return not any(not e.name.startswith(_TEMP_PREFIX) for e in entries)
+            return all(e.name.startswith(_TEMP_PREFIX) for e in entries)
 
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)

@@ -1,7 +1,8 @@
 """The ``galaxy-pipeline`` application: its command groups, shared options, and one-line errors.
 
-Commands import what they need when they run, so ``--help``, any error, and every command that
-needs no model (labels, datasets verify, models versions, catalog export) start without torch.
+Commands import what they need when they run, so ``--help``, ``--version``, every command that needs
+no model (labels, datasets verify, models versions/promote, catalog export) and the mistakes classify
+can report before it runs a model start without torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from galaxy_models.cli.errors import FAILED, USAGE, Failed, UserError, describe_validation, one_line
+from galaxy_models.cli.errors import FAILED, USAGE, UserError, describe_validation, one_line
 from galaxy_models.storage import StorageError, Store, StoreNotFoundError
 
 
@@ -126,6 +127,3 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def echo_err(line: str) -> None:
     typer.echo(line, err=True)
-
-
-__all__ = ["Failed", "UserError", "app", "echo_err", "existing_store", "table"]

@@ -36,16 +36,15 @@ def classify(
         device=device, engine=engine,
     )  # fmt: skip
     target = existing_store(store)
-    resolve(target, config.ref)  # an unknown model or one without production is told before torch loads
+    card = resolve(target, config.ref)  # an unknown model or one without production is told before torch loads
     for batch_id in config.batches or ():
         require_images(target, batch_id)
     from galaxy_models.inference.classify import classify_pending
 
-    report = classify_pending(config, progress=not as_json, log=echo_err)
+    report = classify_pending(config, card=card, progress=not as_json, log=echo_err)
     if as_json:
         typer.echo(json.dumps(report.summary()))
         return
-    card = report.card
     if not report.batches:
         typer.echo(f"nothing to classify: every batch has a catalog for {card.name}/{card.version}")
         return

@@ -226,13 +226,19 @@ def classify_batch(
 
 
 def classify_pending(
-    config: ClassifyConfig, *, progress: bool = True, log: Callable[[str], None] = print, steps: Steps = IN_PROCESS
+    config: ClassifyConfig,
+    *,
+    card: ModelCard | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    steps: Steps = IN_PROCESS,
 ) -> ClassifyReport:
     """Classify the batches named in ``config`` (default: every batch with images and no complete
     catalog for the model version) with the model it names (default version: production). Folders
-    under incoming/ that are not valid batch ids are skipped with a warning to ``log`` and reported."""
+    under incoming/ that are not valid batch ids are skipped with a warning to ``log`` and reported.
+    ``card``: the model's card, when the caller has resolved it already."""
     store = open_store(config.store)
-    card = steps.run("find-model", resolve_card, store, config)
+    card = card or steps.run("find-model", resolve_card, store, config)
     skipped: list[SkippedBatch] = []
     if config.batches is not None:
         batches = list(config.batches)
