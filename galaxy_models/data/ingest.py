@@ -40,6 +40,7 @@ from galaxy_models.data.manifest import (
     QuarantineEntry,
     ShardInfo,
     dataset_prefix,
+    parse_manifest,
 )
 from galaxy_models.data.splits import SPLITS, SplitRatios, stratified_split
 from galaxy_models.data.writer import write_shards
@@ -201,7 +202,7 @@ def dataset_version(config: IngestConfig, labels: LabelTable, image_keys: list[s
 
 def find_complete(store: Store, name: str, version: str) -> DatasetManifest | None:
     key = f"{dataset_prefix(name, version)}/{MANIFEST}"
-    return DatasetManifest.model_validate_json(store.read_bytes(key)) if store.exists(key) else None
+    return parse_manifest(store.read_bytes(key), store.url(key), name, version) if store.exists(key) else None
 
 
 def _prepare(
@@ -321,7 +322,7 @@ def build_manifest(
         totals=totals,
         counts=counts,
         quarantine=quarantine,
-    )
+    ).sealed()
 
 
 def commit_manifest(store: Store, manifest: DatasetManifest) -> DatasetManifest:
@@ -329,7 +330,7 @@ def commit_manifest(store: Store, manifest: DatasetManifest) -> DatasetManifest:
     key = f"{manifest.prefix}/{MANIFEST}"
     if store.create_if_absent(key, manifest.model_dump_json(indent=2).encode()):
         return manifest
-    return DatasetManifest.model_validate_json(store.read_bytes(key))
+    return parse_manifest(store.read_bytes(key), store.url(key), manifest.name, manifest.version)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ class ModelCard(BaseModel):
     class_names: list[str]
     preprocessing: Preprocessing
     config: dict[str, Any]
-    dataset: dict[str, str] = Field(description="name, version and manifest_sha256 of the training data")
+    dataset: dict[str, str] = Field(description="name, version, manifest_sha256 and manifest_seal of the training data")
     metrics: dict[str, Metrics] = Field(description="per split: val, test")
     best_epoch: int
     history: list[dict[str, float]]

@@ -92,11 +92,12 @@ class TrainConfig(BaseModel):
         return self.name or self.model
 
     def run_id(self, manifest: DatasetManifest, processes: int) -> str:
-        """Same settings on the same dataset version -> same id. The worker count only says how
+        """Same settings on the same dataset content -> same id. The worker count only says how
         data is read; the process count is part of the id, since each process keeps its own batch
         norm statistics over its share of the batch."""
         settings = self.model_dump(mode="json", exclude={"workers", "preset", "store", "processes"})
         settings["dataset_version"] = manifest.version
+        settings["dataset_seal"] = manifest.seal  # the manifest's content, not only its version string
         settings["processes"] = processes
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         return digest[:16]

@@ -11,7 +11,6 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from torch import nn
 
 from galaxy_models.data.loader import make_loader
-from galaxy_models.data.manifest import read_manifest
 from galaxy_models.domain import CLASS_NAMES
 from galaxy_models.metrics import Metrics
 from galaxy_models.models.architectures import create_model
@@ -19,7 +18,7 @@ from galaxy_models.models.preprocessing import Preprocessing, to_model_input
 from galaxy_models.models.serialization import load_checkpoint
 from galaxy_models.progress import progress_bar
 from galaxy_models.storage import open_store
-from galaxy_models.training.runs import TrainRun
+from galaxy_models.training.runs import TrainRun, run_manifest
 
 
 def compute_metrics(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray) -> Metrics:
@@ -86,7 +85,7 @@ def evaluate_run(
 ) -> dict[str, Metrics]:
     """Scores of a finished run's best weights on each split, in this process (GPU if there is one)."""
     store = open_store(run.config.store)
-    manifest = read_manifest(store, run.dataset, run.dataset_version)
+    manifest = run_manifest(store, run)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model = create_model(run.architecture, num_classes=len(CLASS_NAMES))
     model.load_state_dict(load_checkpoint(store, run.best_key)["model"])

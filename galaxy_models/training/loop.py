@@ -286,7 +286,8 @@ def _finish(run: _Run, state: TrainingState, log: Log) -> TrainRun:
     record = TrainRun(
         name=config.run_name, run_id=run.run_id, prefix=run.prefix, architecture=config.model,
         parameters=run.parameters, config=config, dataset=manifest.name, dataset_version=manifest.version,
-        manifest_sha256=manifest_sha256(run.store, manifest), preprocessing=run.preprocessing,
+        manifest_sha256=manifest_sha256(run.store, manifest), manifest_seal=manifest.seal,
+        preprocessing=run.preprocessing,
         best_epoch=state.best_epoch, best_val_f1=state.best_f1, history=state.history,
         training_seconds=state.seconds, images_per_second=mean_rate(state.history),
         hardware=run.processes.hardware(), finished_at=datetime.now(UTC),

@@ -32,7 +32,7 @@ def publish_run(store: Store, run: TrainRun, metrics: dict[str, Metrics]) -> Mod
         class_names=list(CLASS_NAMES),
         preprocessing=run.preprocessing,
         config=run.config.model_dump(mode="json"),
-        dataset={"name": run.dataset, "version": run.dataset_version, "manifest_sha256": run.manifest_sha256},
+        dataset=run.dataset_reference(),
         metrics=metrics,
         best_epoch=run.best_epoch,
         history=[h.model_dump() for h in run.history],

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from galaxy_models.data.manifest import DatasetManifest, read_manifest
+from galaxy_models.data.manifest import DatasetManifest, ManifestSealError, read_manifest
 from galaxy_models.models.preprocessing import Preprocessing
 from galaxy_models.storage import KeyNotFoundError, Store, open_store
 from galaxy_models.training.config import TrainConfig
@@ -43,6 +43,7 @@ class TrainRun(BaseModel):
     dataset: str
     dataset_version: str
     manifest_sha256: str
+    manifest_seal: str = Field(description="the dataset manifest's seal: the content the run trained on")
     preprocessing: Preprocessing
     best_epoch: int
     best_val_f1: float
@@ -51,6 +52,13 @@ class TrainRun(BaseModel):
     images_per_second: float = Field(description="training images per second over the run (all processes)")
     hardware: dict[str, Any]
     finished_at: datetime
+
+    def dataset_reference(self) -> dict[str, str]:
+        """What a model card records of the training data: name, version, manifest hash and seal."""
+        return {
+            "name": self.dataset, "version": self.dataset_version, "manifest_sha256": self.manifest_sha256,
+            "manifest_seal": self.manifest_seal,
+        }  # fmt: skip
 
     @property
     def best_key(self) -> str:
@@ -74,6 +82,18 @@ def manifest_sha256(store: Store, manifest: DatasetManifest) -> str:
 def resolve_dataset(config: TrainConfig) -> tuple[Store, DatasetManifest]:
     store = open_store(config.store)
     return store, read_manifest(store, config.dataset, config.dataset_version)
+
+
+def run_manifest(store: Store, run: TrainRun) -> DatasetManifest:
+    """The manifest a finished run trained on, refused if it is not the content the run recorded
+    (a manifest rebuilt or re-sealed since then describes other data)."""
+    manifest = read_manifest(store, run.dataset, run.dataset_version)
+    if manifest.seal != run.manifest_seal:
+        raise ManifestSealError(
+            f"dataset {run.dataset}/{run.dataset_version} is not what run {run.name}/{run.run_id} trained on: "
+            f"its manifest's seal is {manifest.seal[:20]}..., the run recorded {run.manifest_seal[:20]}..."
+        )
+    return manifest
 
 
 def read_run(store: Store, name: str, run_id: str) -> TrainRun | None:
