@@ -60,6 +60,9 @@ def train(
     image_size: Annotated[int | None, typer.Option(help="input side; smaller than the crop resizes it")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     processes: Annotated[int | None, typer.Option(help="processes for torchrun (default: one per GPU, or 1)")] = None,
+    max_restarts: Annotated[
+        int | None, typer.Option(help="restarts after a process dies, resuming from the last checkpoint (default 1)")
+    ] = None,
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="any other TrainConfig field, key=value (repeatable)")
     ] = None,
@@ -75,6 +78,7 @@ def train(
     given = {
         "preset": preset, "store": store, "dataset": dataset, "model": model, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed, "processes": processes,
+        "max_restarts": max_restarts,
     }  # fmt: skip
     config = TrainConfig.model_validate(
         {**{k: v for k, v in given.items() if v is not None}, **parse_settings(settings or [])}

@@ -64,6 +64,12 @@ class TrainConfig(BaseModel):
     deterministic: bool = Field(False, description="deterministic kernels (slower); exact resume on CPU")
     workers: int = Field(2, ge=0, description="DataLoader workers per process")
     processes: int | None = Field(None, ge=1, description="processes on this node; None: one per GPU, or 1")
+    max_restarts: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="times torchrun restarts the processes after one dies; they resume from the last checkpoint",
+    )
     augmentation: Augmentation = Field(default_factory=Augmentation)
 
     @model_validator(mode="before")
@@ -93,9 +99,9 @@ class TrainConfig(BaseModel):
 
     def run_id(self, manifest: DatasetManifest, processes: int) -> str:
         """Same settings on the same dataset content -> same id. The worker count only says how
-        data is read; the process count is part of the id, since each process keeps its own batch
-        norm statistics over its share of the batch."""
-        settings = self.model_dump(mode="json", exclude={"workers", "preset", "store", "processes"})
+        data is read and the restart budget what happens on a failure; the process count is part of
+        the id, since each process keeps its own batch norm statistics over its share of the batch."""
+        settings = self.model_dump(mode="json", exclude={"workers", "preset", "store", "processes", "max_restarts"})
         settings["dataset_version"] = manifest.version
         settings["dataset_seal"] = manifest.seal  # the manifest's content, not only its version string
         settings["processes"] = processes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ class Processes:
         else:
             self.device = torch.device("cpu")
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, store=_attempt_store(), rank=self.rank, world_size=self.world)
 
     @property
     def main(self) -> bool:
@@ -72,6 +74,22 @@ class Processes:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _attempt_store() -> dist.Store | None:
+    """The rendezvous store for this attempt of the job, or None for torch's default (``env://``).
+
+    After a process dies torchrun restarts them all, but on one node it hands the new processes the
+    same agent store as the last attempt, with no per-attempt prefix (torch 2.14). The new rank 0
+    then reads the dead attempt's addresses and the group never forms. A prefix holding
+    ``TORCHELASTIC_RESTART_COUNT`` gives every attempt keys of its own.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent_store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=10)
+    )
+    return dist.PrefixStore(f"galaxy/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

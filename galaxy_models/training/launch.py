@@ -27,6 +27,9 @@ def launch(
 ) -> TrainRun:
     """Run ``train`` under ``torchrun --nproc-per-node=N`` (N: one per GPU, or 1) and return the run.
 
+    If a process dies, torchrun stops the others and starts them all again, up to
+    ``config.max_restarts`` times; they resume from the run's last checkpoint.
+
     ``extra_args`` go to torchrun before the script, e.g. ``["--nnodes=2", "--rdzv-endpoint=host:29400",
     "--rdzv-id=job1"]`` to join a multi-node job (``--standalone`` is used otherwise). torchrun's output
     is passed to ``log`` line by line.
@@ -47,7 +50,7 @@ def launch(
         rendezvous = extra_args if extra_args else ["--standalone"]
         command = [
             sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc-per-node={count}",
-            "-m", "galaxy_models.training.launch", config_path,
+            f"--max-restarts={config.max_restarts}", "-m", "galaxy_models.training.launch", config_path,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GALAXY_NO_PROGRESS": "1"}
         tail: list[str] = []
