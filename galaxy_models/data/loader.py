@@ -1,9 +1,9 @@
 """Loading a dataset version for training and evaluation: shards -> decoded, augmented uint8 batches.
 
 The recipe (webdataset): shard list -> deterministic shard shuffle -> split by rank -> split by
-worker -> open (local file or S3 stream) -> tar members -> samples -> sample shuffle -> decode ->
-augment -> batch -> ``WebLoader``. Errors re-raise by default: a truncated shard stops the run
-instead of silently losing the rest of it.
+worker -> open (local file or S3 stream) -> tar members, each checked before it is read -> samples
+-> sample shuffle -> decode -> augment -> batch -> ``WebLoader``. Errors re-raise by default: a
+truncated shard stops the run instead of silently losing the rest of it.
 
 Augmentation follows the paper (rotation, flips, brightness and contrast, then standardisation).
 Everything up to the batch stays 8-bit: rotation and flips as one OpenCV resampling, brightness and
@@ -33,7 +33,7 @@ from torchvision.io import decode_jpeg
 
 from galaxy_models.data.augmentation import Augmentation, colour_table, orient
 from galaxy_models.data.manifest import DatasetManifest, ShardInfo
-from galaxy_models.data.shards import CorruptShardError, S3Opener, iter_shard_streams, shard_urls
+from galaxy_models.data.shards import CorruptShardError, S3Opener, iter_shard_files, iter_shard_streams, shard_urls
 from galaxy_models.storage import Store
 
 
@@ -199,12 +199,16 @@ def _read_stages(
     urls: list[str], shards: list[ShardInfo], on_error: Literal["raise", "warn"], s3_opener: S3Opener | None
 ) -> tuple[list[Any], Any]:
     """The stages from shard URL to grouped samples, and the error handler every stage uses. Strict
-    loaders also check every shard they read whole against the manifest's sha256 (no second pass)."""
+    loaders also check every shard they read whole against the manifest's sha256 (no second pass).
+
+    Tar members are expanded by ``iter_shard_files``, not webdataset's ``tar_file_expander``: it
+    refuses, before reading its data, any member our writer never produces (a link, a device, a
+    path like ``../x.jpg``, an oversized file), in every loader, lenient or strict."""
     handler = wds.reraise_exception if on_error == "raise" else wds.warn_and_continue
     expected = dict(zip(urls, shards, strict=True)) if on_error == "raise" else None
     read = [
         partial(iter_shard_streams, s3_opener=s3_opener, expected=expected),
-        partial(wds.tariterators.tar_file_expander, handler=handler),
+        partial(iter_shard_files, handler=handler),
         partial(wds.tariterators.group_by_keys, handler=handler),
     ]
     return read, handler

@@ -7,19 +7,40 @@ the training pipeline over them ``data.loader``).
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
 from galaxy_models.data.manifest import DatasetManifest, ShardInfo
+from galaxy_models.domain import NAME_PATTERN
 from galaxy_models.storage import KeyNotFoundError, LocalStore, S3Config, S3Store, Store
 
 
 class CorruptShardError(ValueError):
     """A shard does not match its manifest entry."""
+
+
+class UnsafeMemberError(CorruptShardError):
+    """A shard holds a tar member our writer never produces: a link, a device, a path, a huge file.
+
+    Shards are written by our own ingest and pinned by sha256, so such a member means the shard is
+    not ours: every reader refuses it (even a lenient loader), rather than skip it and read on.
+    """
+
+
+# What ``data.writer`` puts in a shard: ``<GalaxyID>.<ext>`` regular files and nothing else.
+MEMBER_EXTENSIONS: tuple[str, ...] = ("jpg", "cls", "json")
+_MEMBER_NAME = re.compile(rf"({NAME_PATTERN.pattern})\.({'|'.join(MEMBER_EXTENSIONS)})")
+# The largest member a reader loads into memory: the stored-image cap (32 MiB,
+# ``data.images.DEFAULT_MAX_IMAGE_BYTES``) with headroom. Checked from the header, before any data is read.
+MAX_MEMBER_BYTES = 64 << 20
+# Tar headers (ustar, and any PAX or GNU long-name headers tarfile reads whole before it hands out
+# the member) allowed between one member's data and the next member. Ours are one 512-byte block.
+MAX_HEADER_BYTES = 1 << 20
 
 
 def summarize_shard(path: Path) -> tuple[list[str], Counter[str]]:
@@ -48,11 +69,14 @@ def sha256_file(path: Path) -> str:
 def verify_dataset(store: Store, manifest: DatasetManifest, splits: Iterable[str] | None = None) -> int:
     """Check every shard (or those of ``splits``) against the manifest: size, sha256, sample keys.
 
+    Every tar member is checked from its header before anything else is read (``check_member``),
+    so a shard that is not ours is refused even where its manifest entry was made to match it.
+
     Returns:
         The number of shards checked.
 
     Raises:
-        CorruptShardError: naming the shard and what differs.
+        CorruptShardError: naming the shard and what differs (``UnsafeMemberError``: and the member).
     """
     wanted = set(splits) if splits is not None else None
     checked = 0
@@ -63,8 +87,7 @@ def verify_dataset(store: Store, manifest: DatasetManifest, splits: Iterable[str
         try:
             with store.open_read(shard.key) as stream:
                 reader = _HashingReader(stream, digest)
-                with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                    names = [m.name for m in tar]
+                names = [name for name, _ in iter_shard_members(reader, shard.key, read_data=False)]
                 while reader.read(1 << 20):  # tar padding after the last member
                     pass
                 size = reader.size
@@ -95,6 +118,107 @@ class _HashingReader:
         self.digest.update(chunk)
         self.size += len(chunk)
         return chunk
+
+
+def check_member(shard: str, member: tarfile.TarInfo) -> str:
+    """The sample key of a tar member, if it is one our writer produces; else ``UnsafeMemberError``.
+
+    Checked from the header alone, before the member's data is read: a regular file (no link,
+    device, FIFO, directory or sparse file), named ``<GalaxyID>.<jpg|cls|json>`` (so no path, no
+    ``..``, nothing absolute) and at most ``MAX_MEMBER_BYTES`` long.
+    """
+    name = member.name
+    if not member.isreg() or member.issparse():
+        raise UnsafeMemberError(f"shard {shard}: member {name!r} is a {_member_kind(member)}, not a regular file")
+    match = _MEMBER_NAME.fullmatch(name)
+    if match is None:
+        raise UnsafeMemberError(f"shard {shard}: member {name!r} is not <GalaxyID>.<{'|'.join(MEMBER_EXTENSIONS)}>")
+    if not 0 <= member.size <= MAX_MEMBER_BYTES:
+        raise UnsafeMemberError(
+            f"shard {shard}: member {name!r} is {member.size} bytes, over the {MAX_MEMBER_BYTES}-byte cap"
+        )
+    return match.group(1)
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    kinds = [
+        (member.issym(), "symlink"),
+        (member.islnk(), "hard link"),
+        (member.isdir(), "directory"),
+        (member.ischr() or member.isblk(), "device"),
+        (member.isfifo(), "FIFO"),
+        (member.issparse(), "sparse file"),
+    ]
+    return next((kind for matches, kind in kinds if matches), f"member of tar type {member.type!r}")
+
+
+def iter_shard_members(stream: Any, shard: str, *, read_data: bool = True) -> Iterator[tuple[str, bytes]]:
+    """``(member name, data)`` for each member of a tar stream, each checked before its data is read.
+
+    The one way readers walk a shard: streaming (``r|``, nothing extracted, nothing written), every
+    member through ``check_member``, and the bytes tarfile reads between members bounded by
+    ``MAX_HEADER_BYTES``, so an oversized PAX or long-name header is refused too. With
+    ``read_data=False`` the data is skipped (``b""``), as ``verify_dataset`` only needs the names.
+
+    Raises:
+        UnsafeMemberError: naming the shard and the member.
+    """
+    guard = _BoundedReader(stream, shard)
+    with tarfile.open(fileobj=guard, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            check_member(shard, member)
+            guard.allow(member)
+            data = b""
+            if read_data:
+                extracted = tar.extractfile(member)
+                data = extracted.read() if extracted is not None else b""
+            yield member.name, data
+            tar.members = []  # a streaming reader keeps no list of what it has passed
+
+
+class _BoundedReader:
+    """Passes reads through up to a limit: the data of the last checked member plus room for headers."""
+
+    def __init__(self, stream: Any, shard: str) -> None:
+        self.stream, self.shard = stream, shard
+        self.pos, self.limit, self.after = 0, MAX_HEADER_BYTES, "the start"
+
+    def allow(self, member: tarfile.TarInfo) -> None:
+        self.limit = member.offset_data + member.size + MAX_HEADER_BYTES
+        self.after = f"member {member.name!r}"
+
+    def read(self, n: int = -1) -> bytes:
+        room = self.limit - self.pos + 1  # one byte past the limit tells a reader that went over
+        chunk: bytes = self.stream.read(room if n is None or n < 0 else min(n, room))
+        self.pos += len(chunk)
+        if self.pos > self.limit:
+            raise UnsafeMemberError(
+                f"shard {self.shard}: the tar headers after {self.after} run past {MAX_HEADER_BYTES} bytes"
+            )
+        return chunk
+
+
+def iter_shard_files(
+    sources: Iterable[dict[str, Any]], handler: Callable[[Exception], bool]
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: opened shards -> ``{"fname", "data", "__url__"}`` per member, ``{}`` after each shard.
+
+    Stands in for webdataset's ``tar_file_expander`` (same output, so its ``group_by_keys`` follows),
+    reading through ``iter_shard_members`` so every member is checked before its data is read. Other
+    errors (a truncated tar) go to ``handler``, as webdataset's would; an unsafe member always stops
+    the pipeline.
+    """
+    for source in sources:
+        url = source["url"]
+        try:
+            for name, data in iter_shard_members(source["stream"], url):
+                yield {"fname": name, "data": data, "__url__": url}
+            yield {}  # the end of a shard: samples of different shards never merge
+        except UnsafeMemberError:
+            raise
+        except Exception as exn:
+            if not handler(exn):
+                break
 
 
 # --- reading shards ---------------------------------------------------------------------------
