@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.steps import PrefectSteps
 from galaxy_models.inference.classify import classify_pending
 from galaxy_models.inference.config import ClassifyConfig
-from galaxy_models.reports import artifact_key, classify_rows, skipped_rows
+from galaxy_models.reports import artifact_key, classify_rows, late_rows, skipped_rows
 
 
 def task_runner(config: ClassifyConfig) -> Any:
@@ -43,6 +43,12 @@ def classify_flow(config: ClassifyConfig = ClassifyConfig()) -> dict[str, Any]: 
             table=skipped_rows(report.skipped),
             key=f"{artifact_key('classify', card.name)}-skipped",
             description="Folders under incoming/ that are not batches, left unclassified",
+        )
+    if report.late:
+        create_table_artifact(
+            table=late_rows(report.late),
+            key=f"{artifact_key('classify', card.name)}-late",
+            description="Images that arrived in a batch after its catalog was planned: not in the catalog",
         )
     if report.batches:
         create_table_artifact(

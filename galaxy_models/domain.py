@@ -28,6 +28,7 @@ class Flag(StrEnum):
     OK = "ok"
     LOW_CONFIDENCE = "low_confidence"  # top probability below the run's threshold
     UNREADABLE = "unreadable"  # the image could not be read; ``reason`` says why
+    MISSING = "missing"  # planned into the batch's catalog, then gone from the store before it was read
 
 
 FLAGS: tuple[str, ...] = tuple(flag.value for flag in Flag)

@@ -4,7 +4,7 @@ flows publish as Prefect artifacts. Plain data in, plain data out; no torch, no 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from galaxy_models.catalogs.export import ExportSummary
@@ -124,6 +124,14 @@ def classify_rows(manifests: Sequence[CatalogManifest]) -> list[dict[str, Any]]:
 def skipped_rows(skipped: Sequence[SkippedBatch]) -> list[dict[str, Any]]:
     """Folders under incoming/ that were not classified, and why."""
     return [{"folder": f"incoming/{s.folder}/", "reason": s.reason} for s in skipped]
+
+
+def late_rows(late: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """Images that arrived in a batch after its catalog was planned, so are not in it."""
+    return [
+        {"batch": batch, "images not in catalog": len(keys), "first": keys[0], "to classify them": "use a new batch"}
+        for batch, keys in late.items()
+    ]
 
 
 def export_rows(summary: ExportSummary) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from galaxy_models.catalogs.manifest import read_catalog_manifest
+from galaxy_models.catalogs.manifest import read_catalog_manifest, read_plan
 from galaxy_models.domain import NAME_RULE, check_name, is_name
 from galaxy_models.storage import KeyNotFoundError, Store
 
@@ -69,3 +69,13 @@ def pending_batches(store: Store, model_version: str) -> list[str]:
     """Batches with images and no complete catalog for ``model_version`` (invalid folders left out)."""
     batches = [b for b in list_batches(store) if batch_images(store, b)]
     return [b for b in batches if read_catalog_manifest(store, b, model_version) is None]
+
+
+def late_arrivals(store: Store, batch_id: str, model_version: str) -> list[str]:
+    """Images of the batch that are not in its catalog for ``model_version``: they arrived after the
+    catalog was planned (none if no run has planned it yet). A catalog never grows once planned."""
+    plan = read_plan(store, batch_id, model_version)
+    if plan is None:
+        return []
+    planned = set(plan.source_keys)
+    return [k for k in batch_images(store, batch_id) if k not in planned]

@@ -4,6 +4,10 @@
     part-00000.parquet  rows of part 0; each part is written once (conditional create)
     _manifest.json      written last, conditionally: rows, parts with their sha256, the model card
 
+A batch's catalog covers the images the batch held when its plan was written. An image added later
+is not in it (``incoming.late_arrivals`` lists them: put them in a new batch to classify them); a
+planned image that has gone when its part is read gets a row flagged ``missing``.
+
 Everything that decides a part's rows is fixed by the plan, every part is created at most once,
 and the manifest is committed with ``create_if_absent``: a killed run leaves parts that the next
 run keeps and completes, two concurrent runs leave exactly one complete catalog, and readers trust
@@ -72,12 +76,24 @@ def read_catalog_manifest(store: Store, batch_id: str, model_version: str) -> Ca
     return CatalogManifest.model_validate_json(data)
 
 
+def _plan_key(batch_id: str, model_version: str) -> str:
+    return f"{catalog_prefix(batch_id, model_version)}/_plan.json"
+
+
 def fix_plan(store: Store, plan: CatalogPlan) -> CatalogPlan:
     """Write the plan if there is none; return the plan in force (an earlier run's, if any)."""
-    key = f"{catalog_prefix(plan.batch_id, plan.model_version)}/_plan.json"
+    key = _plan_key(plan.batch_id, plan.model_version)
     if store.create_if_absent(key, plan.model_dump_json().encode()):
         return plan
     return CatalogPlan.model_validate_json(store.read_bytes(key))
+
+
+def read_plan(store: Store, batch_id: str, model_version: str) -> CatalogPlan | None:
+    """The batch's plan for a model version, if a run has written one."""
+    try:
+        return CatalogPlan.model_validate_json(store.read_bytes(_plan_key(batch_id, model_version)))
+    except KeyNotFoundError:
+        return None
 
 
 def table_to_parquet(table: pa.Table) -> bytes:

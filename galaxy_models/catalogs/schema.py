@@ -41,18 +41,21 @@ def catalog_rows(
     model_name: str,
     model_version: str,
     low_confidence: float,
+    missing: Sequence[bool] | None = None,
 ) -> pa.Table:
-    """One row per key, in order. ``probabilities`` is (N, 5) with NaN rows for unreadable images
-    (their ``reasons`` say why); the top class, its probability, the entropy and the flag follow."""
+    """One row per key, in order. ``probabilities`` is (N, 5) with NaN rows for images without a
+    prediction (their ``reasons`` say why): flagged ``missing`` where ``missing`` is true (the file
+    had gone), else ``unreadable``. The top class, its probability, the entropy and the flag follow."""
     p = probabilities
     readable = ~np.isnan(p).any(axis=1)
     predicted = np.where(readable, np.nan_to_num(p).argmax(axis=1), -1)
     confidence = np.where(readable, np.nan_to_num(p).max(axis=1), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = np.where(readable, -(np.where(p > 0, p * np.log(p), 0.0)).sum(axis=1), np.nan)
+    gone = np.zeros(len(p), dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
     flags = np.where(
         ~readable,
-        Flag.UNREADABLE.value,
+        np.where(gone, Flag.MISSING.value, Flag.UNREADABLE.value),
         np.where(confidence < low_confidence, Flag.LOW_CONFIDENCE.value, Flag.OK.value),
     )
     keys = [str(k) for k in source_keys]

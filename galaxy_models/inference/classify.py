@@ -2,7 +2,8 @@
 
 Per part of a batch (a fixed slice of its image keys, see ``catalogs.manifest``): read the files from
 the store with a pool of threads, check and centre-crop them exactly as ingest does (an image that
-fails gets a row flagged ``unreadable`` with the reason, never silence), then run the model on
+fails gets a row flagged ``unreadable`` with the reason, never silence; one that has gone since the
+batch was planned, a row flagged ``missing``), then run the model on
 batches with the preprocessing its card records, through an inference engine (``engines``): bf16
 autocast and channels-last on a GPU; OpenVINO on a CPU (bf16 where the CPU has it), or eager fp32.
 """
@@ -21,7 +22,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from galaxy_models.catalogs.incoming import INCOMING, SkippedBatch, pending_batches, require_images, scan_batches
+from galaxy_models.catalogs.incoming import (
+    INCOMING,
+    SkippedBatch,
+    late_arrivals,
+    pending_batches,
+    require_images,
+    scan_batches,
+)
 from galaxy_models.catalogs.manifest import (
     CatalogManifest,
     CatalogPart,
@@ -43,7 +51,7 @@ from galaxy_models.progress import progress_counter
 from galaxy_models.registry.cards import ModelCard, model_prefix, resolve
 from galaxy_models.registry.weights import load_model
 from galaxy_models.steps import IN_PROCESS, Steps
-from galaxy_models.storage import Store, open_store
+from galaxy_models.storage import KeyNotFoundError, Store, open_store
 
 
 def resolve_card(store: Store, config: ClassifyConfig) -> ModelCard:
@@ -76,6 +84,10 @@ class _Decoded:
     key: str
     pixels: np.ndarray | None  # (H, W, 3) uint8
     reason: str | None
+    missing: bool = False
+
+
+GONE = "the image was in the batch when its catalog was planned and has since gone from the store"
 
 
 def _decode(store: Store, key: str, crop_size: int, max_bytes: int) -> _Decoded:
@@ -86,6 +98,8 @@ def _decode(store: Store, key: str, crop_size: int, max_bytes: int) -> _Decoded:
         crop, _ = crop_image(read_image_bytes(store, key, max_bytes), name=name, crop_size=crop_size)
     except ImageRejected as err:
         return _Decoded(key, None, err.reason)
+    except KeyNotFoundError:
+        return _Decoded(key, None, GONE, missing=True)
     return _Decoded(key, np.asarray(crop), None)
 
 
@@ -122,6 +136,7 @@ def classify_images(
     preprocessing = card.preprocessing
     source_keys: list[str] = []
     reasons: list[str | None] = []
+    missing: list[bool] = []
     probabilities: list[np.ndarray] = []
     for batch in _decoded_batches(store, keys, preprocessing.crop_size, batch_size, workers, max_image_bytes):
         good = [d for d in batch if d.pixels is not None]
@@ -134,12 +149,13 @@ def classify_images(
         probabilities.append(p)
         source_keys += [d.key for d in batch]
         reasons += [d.reason for d in batch]
+        missing += [d.missing for d in batch]
         if progress:
             progress(len(batch))
     p_all = np.concatenate(probabilities) if probabilities else np.zeros((0, len(PROBABILITY_COLUMNS)), np.float32)
     return catalog_rows(
         batch_id, source_keys, reasons, p_all,
-        model_name=card.name, model_version=card.version, low_confidence=low_confidence,
+        model_name=card.name, model_version=card.version, low_confidence=low_confidence, missing=missing,
     )  # fmt: skip
 
 
@@ -191,6 +207,7 @@ class ClassifyReport:
     card: ModelCard
     batches: list[BatchResult]
     skipped: list[SkippedBatch] = field(default_factory=list)  # folders under incoming/ that are not batches
+    late: dict[str, list[str]] = field(default_factory=dict)  # batch -> images that arrived after its plan
 
     def summary(self) -> dict[str, Any]:
         """What ``classify --json`` prints and classify-flow returns."""
@@ -205,6 +222,7 @@ class ClassifyReport:
                 for r in self.batches
             },
             "skipped": {s.folder: s.reason for s in self.skipped},
+            "not_in_catalog": {batch: len(keys) for batch, keys in self.late.items()},
         }  # fmt: skip
 
 
@@ -251,4 +269,17 @@ def classify_pending(
     for batch_id in batches:
         manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
         results.append(BatchResult(manifest, committed))
-    return ClassifyReport(card=card, batches=results, skipped=skipped)
+    late = steps.run("find-late-arrivals", find_late_arrivals, store, card.version, config.batches)
+    for batch_id, keys in late.items():
+        log(
+            f"warning: {len(keys)} image(s) in {INCOMING}/{batch_id}/ arrived after its catalog was planned and are "
+            f"not in it (first: {keys[0]}); move them to a new batch folder to classify them"
+        )
+    return ClassifyReport(card=card, batches=results, skipped=skipped, late=late)
+
+
+def find_late_arrivals(store: Store, model_version: str, batches: Sequence[str] | None) -> dict[str, list[str]]:
+    """Batch -> images not in its catalog for ``model_version`` because they came after it was
+    planned, for the named batches or every batch under incoming/."""
+    found = {b: late_arrivals(store, b, model_version) for b in (batches or scan_batches(store)[0])}
+    return {b: keys for b, keys in found.items() if keys}

@@ -53,7 +53,8 @@ def dataset(synthetic_dataset: Path, tmp_path: Path) -> Path:
 
 def test_ingest_seals_the_manifest_and_readers_check_it(dataset: Path) -> None:
     manifest = read_manifest(LocalStore(dataset), NAME)
-    assert manifest.seal.startswith("sha256:") and manifest.seal == compute_seal(manifest)
+    assert manifest.seal.startswith("sha256:")
+    assert manifest.seal == compute_seal(manifest)
     normalization = manifest.normalization.model_dump()
     normalization["mean"][0] += 0.1
     path = _edit(dataset, normalization=normalization)
@@ -91,7 +92,8 @@ def test_datasets_verify_and_training_refuse_an_edited_manifest(dataset: Path) -
     _edit(dataset, totals={"train": {"0": 1}})
     result = CliRunner().invoke(app, ["datasets", "verify", "--store", str(dataset), "--name", NAME])
     assert result.exit_code == 2, result.output
-    assert "was changed after ingest" in result.stderr and "Traceback" not in result.output
+    assert "was changed after ingest" in result.stderr
+    assert "Traceback" not in result.output
     with pytest.raises(ManifestSealError):
         launch(TrainConfig(preset="smoke", store=str(dataset)), log=lambda _: None)
     assert not (dataset / "runs").exists()  # refused before the run's first write
@@ -122,7 +124,8 @@ def test_a_resealed_manifest_is_another_dataset_to_runs_and_cards(root: Path) ->
     totals["train"]["0"] += 1
     _edit(root, reseal=True, totals=totals)
     after = read_manifest(store, NAME)
-    assert after.version == before.version and after.seal != before.seal
+    assert after.version == before.version
+    assert after.seal != before.seal
     assert run.config.run_id(after, 1) != run.config.run_id(before, 1) == run.run_id
     here = run.model_copy(update={"config": run.config.model_copy(update={"store": str(root)})})
     with pytest.raises(ManifestSealError, match="is not what run"):
