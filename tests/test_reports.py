@@ -15,6 +15,7 @@ from galaxy_models.reports import (
     classify_rows,
     export_markdown,
     export_rows,
+    late_rows,
     training_markdown,
     training_rows,
 )
@@ -69,6 +70,13 @@ def test_classify_rows() -> None:
     )  # fmt: skip
     assert classify_rows([manifest]) == [
         {"batch": "b1", "rows": 3, "ok": 2, "unreadable": 1, "class 0": 1, "class 4": 1}
+    ]
+
+
+def test_late_rows_name_the_batch_and_the_first_newcomer() -> None:
+    late = {"b1": ["incoming/b1/7.jpg", "incoming/b1/9.jpg"]}
+    assert late_rows(late) == [
+        {"batch": "b1", "images not in catalog": 2, "first": "incoming/b1/7.jpg", "to classify them": "use a new batch"}
     ]
 
 
