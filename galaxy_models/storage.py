@@ -57,6 +57,10 @@ class ObjectTooLargeError(StorageError):
     """The object is larger than the reader's cap."""
 
 
+class AccessDeniedError(StorageError):
+    """The store refused access to this one object (S3 ``403 AccessDenied``); retrying does not help."""
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
@@ -436,6 +440,8 @@ class S3Store(Store):
             code = err.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise KeyNotFoundError(f"no object {key!r} in {self.uri}") from err
+            if code in ("AccessDenied", "403"):  # "403": a HEAD answer has no body to name the code
+                raise AccessDeniedError(f"access denied to {key!r} in {self.uri} (S3 {code}): {err}") from err
             raise StorageError(f"S3 {code or 'error'} for {key!r} in {self.uri}: {err}") from err
         except BotoCoreError as err:
             raise StorageError(f"cannot reach {self.uri} (key {key!r}): {err}") from err

@@ -45,5 +45,5 @@ def test_galaxy_id_from_key_and_flags() -> None:
     assert galaxy_id_from_key("incoming/b1/587722.jpg") == "587722"
     assert galaxy_id_from_key("images/100023.jpeg") == "100023"
     assert galaxy_id_from_key("x/noext") == "noext"
-    assert FLAGS == ("ok", "low_confidence", "unreadable")
+    assert FLAGS == ("ok", "low_confidence", "unreadable", "missing")
     assert Flag.UNREADABLE == "unreadable"

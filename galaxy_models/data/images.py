@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from galaxy_models.storage import ObjectTooLargeError, Store, UnsafeObjectError
+from galaxy_models.storage import AccessDeniedError, ObjectTooLargeError, Store, UnsafeObjectError
 
 FORMATS_BY_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -44,7 +44,8 @@ class PreparedImage:
 
 def read_image_bytes(store: Store, key: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
     """The bytes of one image file, or ``ImageRejected`` saying why it was not read: over the size
-    cap, or not a regular file (a symbolic link, FIFO or device in a local store).
+    cap, not a regular file (a symbolic link, FIFO or device in a local store), or access to it denied
+    (S3 ``403``; other storage errors, such as an unreachable store, still raise).
 
     Raises:
         KeyNotFoundError: if the file is gone (the caller decides what a vanished image means).
@@ -53,7 +54,7 @@ def read_image_bytes(store: Store, key: str, max_bytes: int = DEFAULT_MAX_IMAGE_
         return store.read_bytes(key, max_bytes=max_bytes)
     except ObjectTooLargeError:
         raise ImageRejected(f"file larger than the {max_bytes}-byte cap; not read") from None
-    except UnsafeObjectError as err:
+    except (UnsafeObjectError, AccessDeniedError) as err:
         raise ImageRejected(f"refused: {err}") from None
 
 

@@ -13,13 +13,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -238,6 +240,38 @@ def _sample(gid: str, label: int, source_uri: str, prepared: PreparedImage, vote
     }
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Images per ingest thread that may be submitted and not yet taken by the shard writer: enough to keep
+# every thread busy while the writer closes and uploads a shard, few enough that memory stays flat.
+WINDOW_PER_WORKER = 4
+
+
+def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``pool.map(fn, items)`` with at most ``window`` items submitted and not yet consumed.
+
+    ``Executor.map`` submits every item at once (``buffersize`` only arrives in Python 3.14), so its
+    results pile up in memory whenever the workers run ahead of the consumer. Here the next item is
+    submitted only when the consumer comes back for another result. Results come in input order; a
+    call's exception is raised when its result is reached, and the work not yet started is then
+    cancelled (also when the consumer stops early). Nothing is submitted before the first result is
+    asked for.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
+    source = iter(items)
+    pending: deque[Future[R]] = deque(pool.submit(fn, item) for item in islice(source, window))
+    try:
+        while pending:
+            yield pending.popleft().result()
+            # the consumer is back for the next result: the one it took leaves room for another item
+            pending.extend(pool.submit(fn, item) for item in islice(source, 1))
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def shard_split(
     config: IngestConfig,
     store: Store,
@@ -250,7 +284,9 @@ def shard_split(
     progress: bool = True,
 ) -> SplitResult:
     """Read, check and crop one split's images in parallel threads and write its shards (built in
-    ``workdir``, a temporary directory by default, before each is uploaded)."""
+    ``workdir``, a temporary directory by default, before each is uploaded). At most
+    ``WINDOW_PER_WORKER * config.workers`` images are in the threads or waiting for the writer, so
+    memory stays flat however large the split."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as temporary:
             return shard_split(
@@ -266,7 +302,8 @@ def shard_split(
             ThreadPoolExecutor(config.workers) as pool,
             progress_counter(total=len(rows), desc=f"ingest {split}", unit="img", enabled=progress) as bar,
         ):
-            for (gid, key, label, row), prepared in pool.map(partial(_prepare, images, config), rows):
+            prepare, window = partial(_prepare, images, config), WINDOW_PER_WORKER * config.workers
+            for (gid, key, label, row), prepared in bounded_map(pool, prepare, rows, window):
                 bar.update()
                 if isinstance(prepared, ImageRejected):
                     result.quarantine.append(QuarantineEntry(source_key=key, galaxy_id=gid, reason=prepared.reason))

@@ -8,15 +8,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pandas as pd
 import pytest
 from badimages import corpus
 
-from galaxy_models.data.ingest import IngestConfig, ingest
+from galaxy_models.data.ingest import WINDOW_PER_WORKER, IngestConfig, bounded_map, ingest
 from galaxy_models.data.manifest import read_manifest
 from galaxy_models.data.shards import CorruptShardError, verify_dataset
 from galaxy_models.data.splits import SPLITS
@@ -290,4 +293,116 @@ def test_an_empty_segment_in_an_s3_key_is_quarantined(
     manifest = ingest(config, progress=False).manifest
     (entry,) = [q for q in manifest.quarantine if q.galaxy_id == "900002"]
     assert "invalid storage key" in entry.reason
+    assert manifest.counts.adds_up
+
+
+T = TypeVar("T")
+
+
+class SubmitCountingPool(ThreadPoolExecutor):
+    """A thread pool that records, at every submission, how many submitted items the consumer (which
+    counts in ``consumed``) has not yet taken."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.submitted = self.consumed = self.most_outstanding = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.submitted += 1
+        self.most_outstanding = max(self.most_outstanding, self.submitted - self.consumed)
+        return super().submit(fn, *args, **kwargs)
+
+
+def _consume_slowly(pool: SubmitCountingPool, results: Any, into: list[Any]) -> None:
+    for value in results:
+        time.sleep(0.002)  # a consumer slower than the workers, like a shard writer behind its readers
+        into.append(value)
+        pool.consumed += 1
+
+
+def test_bounded_map_keeps_at_most_window_items_unconsumed() -> None:
+    """Fast workers, slow consumer: never more than ``window`` items submitted or running ahead of
+    what the consumer has taken, where ``Executor.map`` has all of them."""
+    window, n = 6, 200
+    started = most_ahead = 0
+    lock = threading.Lock()
+    with SubmitCountingPool(4) as pool:
+
+        def square(x: int) -> int:
+            nonlocal started, most_ahead
+            with lock:
+                started += 1
+                most_ahead = max(most_ahead, started - pool.consumed)
+            return x * x
+
+        results: list[int] = []
+        _consume_slowly(pool, bounded_map(pool, square, range(n), window), results)
+    assert results == [x * x for x in range(n)]
+    assert pool.most_outstanding == window
+    assert most_ahead <= window
+    with SubmitCountingPool(4) as pool:  # the instrument sees the unbounded map for what it is
+        _consume_slowly(pool, pool.map(square, range(n)), [])
+    assert pool.most_outstanding == n
+
+
+def test_bounded_map_keeps_input_order() -> None:
+    """Early items finish last, and still come first."""
+
+    def slow_then_fast(x: int) -> int:
+        time.sleep(0.02 if x % 5 == 0 else 0.0)
+        return -x
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(bounded_map(pool, slow_then_fast, range(50), 8)) == [-x for x in range(50)]
+
+
+def test_bounded_map_raises_the_error_in_order_and_submits_no_more() -> None:
+    calls: list[int] = []
+
+    def fail_at_five(x: int) -> int:
+        calls.append(x)
+        if x == 5:
+            raise ValueError("item 5 is bad")
+        return x
+
+    taken: list[int] = []
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="item 5 is bad"):  # noqa: PT012
+        for value in bounded_map(pool, fail_at_five, range(1000), 4):
+            taken.append(value)
+    assert taken == [0, 1, 2, 3, 4]
+    assert max(calls) < 5 + 4  # nothing submitted after the failing item's result was reached
+
+
+def test_bounded_map_stopped_early_cancels_the_rest() -> None:
+    calls: list[int] = []
+
+    def record(x: int) -> int:
+        calls.append(x)
+        return x
+
+    with ThreadPoolExecutor(1) as pool:
+        results = bounded_map(pool, record, range(1000), 3)
+        assert isinstance(results, Generator)
+        assert [next(results), next(results)] == [0, 1]
+        results.close()
+    assert len(calls) <= 2 + 3
+
+
+def test_bounded_map_needs_a_window() -> None:
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="window"):
+        next(bounded_map(pool, str, [1], 0))
+
+
+def test_ingest_bounds_each_split_by_its_workers(survey: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every split goes through the bounded window, sized by the configured threads."""
+    windows: list[int] = []
+
+    def spy(pool: Any, fn: Any, items: Any, window: int) -> Any:
+        windows.append(window)
+        return bounded_map(pool, fn, items, window)
+
+    monkeypatch.setattr("galaxy_models.data.ingest.bounded_map", spy)
+    config = config_for(survey / "images", survey / "labels.csv", LocalStore(tmp_path / "store"), workers=3)
+    manifest = ingest(config, progress=False).manifest
+    assert windows == [WINDOW_PER_WORKER * 3] * len(SPLITS)
     assert manifest.counts.adds_up
