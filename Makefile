@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 STORE ?= ./galaxy-data
 DEMO_N ?= 600
 DEMO_EPOCHS ?= 12
+DEMO_MIN_VAL_F1 ?= 0.5
 
 .PHONY: install demo serve test lint format clean
 
@@ -25,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/galaxy-pipeline ingest --images $(STORE)/raw/synthetic/images --labels $(STORE)/raw/synthetic/labels.csv \
 		--store $(STORE) --name synthetic --samples-per-shard 200
 	$(BIN)/galaxy-pipeline models list
-	$(BIN)/galaxy-pipeline train --store $(STORE) --preset smoke --epochs $(DEMO_EPOCHS) --promote
+	$(BIN)/galaxy-pipeline train --store $(STORE) --preset smoke --epochs $(DEMO_EPOCHS) --set min_val_f1=$(DEMO_MIN_VAL_F1) --promote
 	$(BIN)/galaxy-pipeline classify --store $(STORE) --model cs_resnet_tiny
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format csv --out $(STORE)/exports/demo.csv
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format parquet --out $(STORE)/exports/demo.parquet

@@ -5,7 +5,8 @@ Both classify the same real survey images (../shared/gz2/survey) with the same C
 
 - baseline: a simple loop, as one would first write it: Pillow opens each file, converts to RGB,
   crops, ``to_tensor`` and ``normalize``; batches go through the eager fp32 model (NCHW) under
-  ``no_grad``; softmax; rows appended to a list and made a pyarrow table.
+  ``no_grad``; softmax (with the card's temperature, as the project applies it); rows appended to a
+  list and made a pyarrow table.
 - project: ``galaxy_models.classify.classify_images`` (threads read, check and crop the files while
   the engine runs) with the chosen engine; ``auto`` is OpenVINO in the CPU's best precision (bf16 on
   CPUs with AVX512-BF16 or AMX), and ``torch`` (eager fp32 in the project's pipeline) is timed too,
@@ -42,6 +43,7 @@ from torchvision.transforms import functional as TF
 from galaxy_models.catalogs.schema import PROBABILITY_COLUMNS
 from galaxy_models.inference.classify import classify_images
 from galaxy_models.inference.engines import Engine, create_engine
+from galaxy_models.inference.probabilities import card_temperature
 from galaxy_models.models.architectures import create_model
 from galaxy_models.models.preprocessing import Preprocessing
 from galaxy_models.registry.cards import ModelCard, list_versions, production_version
@@ -52,8 +54,11 @@ SURVEY = Path(__file__).resolve().parents[2] / "shared" / "gz2" / "survey"
 CLASS_COLUMNS = list(PROBABILITY_COLUMNS)
 
 
-def baseline(paths: list[Path], model: torch.nn.Module, pre: Preprocessing, batch_size: int) -> pa.Table:
-    """The plain loop: Pillow, per-image torchvision functional transforms, eager fp32 batches."""
+def baseline(
+    paths: list[Path], model: torch.nn.Module, pre: Preprocessing, batch_size: int, temperature: float = 1.0
+) -> pa.Table:
+    """The plain loop: Pillow, per-image torchvision functional transforms, eager fp32 batches; the
+    card's temperature, as the project applies it, so that the probabilities compare."""
     rows: list[dict[str, object]] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -63,7 +68,7 @@ def baseline(paths: list[Path], model: torch.nn.Module, pre: Preprocessing, batc
             image = TF.center_crop(image, [pre.crop_size, pre.crop_size])
             tensors.append(TF.normalize(TF.to_tensor(image), pre.mean, pre.std))
         with torch.no_grad():
-            p = torch.softmax(model(torch.stack(tensors)), dim=1).numpy()
+            p = torch.softmax(model(torch.stack(tensors)) / temperature, dim=1).numpy()
         for path, probs in zip(chunk, p, strict=True):
             row: dict[str, object] = {"galaxy_id": path.stem, "predicted_class": int(probs.argmax())}
             row.update({c: float(v) for c, v in zip(CLASS_COLUMNS, probs, strict=True)})
@@ -127,7 +132,7 @@ def main() -> None:
         tables: dict[str, pa.Table] = {}
         for _ in range(args.rounds):  # interleaved, so drift hits every path alike
             started = time.perf_counter()
-            tables["baseline"] = baseline(paths, model, pre, args.batch_size)
+            tables["baseline"] = baseline(paths, model, pre, args.batch_size, card_temperature(card))
             timings["baseline"].append(time.perf_counter() - started)
             for name, engine in engines.items():
                 started = time.perf_counter()

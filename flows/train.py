@@ -20,11 +20,17 @@ from galaxy_models.training.pipeline import train_evaluate_publish
 
 
 @flow(name="train-flow", log_prints=True)
-def train_flow(config: TrainConfig = TrainConfig(preset="smoke"), promote: bool = False) -> dict[str, Any]:  # noqa: B008
-    """Train, evaluate the best epoch on val and test, publish to models/ (and promote if asked), report."""
+def train_flow(
+    config: TrainConfig = TrainConfig(preset="smoke"),  # noqa: B008
+    promote: bool = False,
+    force_promote: bool = False,
+) -> dict[str, Any]:
+    """Train, evaluate the best epoch on val and test, publish to models/, report; promote if asked and
+    the gate lets it through (``config.min_val_f1``, production's score), or if forced."""
     outcome = train_evaluate_publish(
-        config, promote_it=promote, log=get_run_logger().info, progress=False, steps=PrefectSteps()
-    )
+        config, promote_it=promote or force_promote, force=force_promote, log=get_run_logger().info,
+        progress=False, steps=PrefectSteps(),
+    )  # fmt: skip
     card, store = outcome.card, open_store(config.store)
     key = artifact_key("train", card.name)
     create_table_artifact(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from galaxy_models.calibration import calibration_table
 from galaxy_models.catalogs.export import ExportSummary
 from galaxy_models.catalogs.incoming import SkippedBatch
 from galaxy_models.catalogs.manifest import CatalogManifest
@@ -98,7 +99,7 @@ def training_rows(card: ModelCard) -> list[dict[str, Any]]:
 
 def training_markdown(card: ModelCard, store: Store) -> str:
     """A published model: what it is, how it was trained, Table V and per-class accuracy per split,
-    and where its files are."""
+    its calibration (where the card has one), and where its files are."""
     prefix = f"models/{card.name}/{card.version}"
     sections = [
         f"# {card.name} {card.version}",
@@ -109,14 +110,24 @@ def training_markdown(card: ModelCard, store: Store) -> str:
     ]
     for split, m in card.metrics.items():
         sections += [f"## {split}", table_v({card.architecture: m}), per_class_table({card.architecture: m})]
+    if card.calibration is not None:
+        sections += ["## Calibration", calibration_table(card.calibration)]
     sections += ["## Files", *(f"- {store.url(f'{prefix}/{name}')}" for name in ["card.json", *card.figures])]
     return "\n\n".join(sections)
 
 
 def classify_rows(manifests: Sequence[CatalogManifest]) -> list[dict[str, Any]]:
-    """Catalog rows per batch: flags and predicted classes."""
+    """Catalog rows per batch: whether test-time augmentation was used, flags and predicted classes,
+    and any warning (lineage: a model trained on a survey of the other kind)."""
     return [
-        {"batch": m.batch_id, "rows": m.rows, **m.flags, **{f"class {k}": v for k, v in m.classes.items()}}
+        {
+            "batch": m.batch_id,
+            "rows": m.rows,
+            "tta": m.tta,
+            **m.flags,
+            **{f"class {k}": v for k, v in m.classes.items()},
+            **({"warnings": "; ".join(m.warnings)} if m.warnings else {}),
+        }
         for m in manifests
     ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,8 @@ def test_library_does_not_import_prefect() -> None:
 @pytest.mark.parametrize(
     "packages",
     [("labels",), ("storage",), ("domain", "metrics", "progress", "steps"), ("catalogs",), ("registry/cards",),
-     ("reports",), ("data/images", "data/splits", "data/manifest", "data/shards")],
+     ("reports",), ("data/images", "data/splits", "data/manifest", "data/shards"), ("calibration",),
+     ("inference/config",)],
     ids=lambda p: "+".join(p),
 )  # fmt: skip
 def test_what_needs_no_model_imports_no_torch(packages: tuple[str, ...]) -> None:
@@ -93,7 +95,7 @@ def test_inference_imports_nothing_of_training() -> None:
 def test_lower_layers_import_no_higher_ones() -> None:
     """storage/labels/domain < data, models, registry, catalogs < training, inference < cli."""
     rules = {
-        ("storage", "labels", "domain", "metrics", "progress", "steps"): (
+        ("storage", "labels", "domain", "metrics", "calibration", "progress", "steps"): (
             "galaxy_models.data", "galaxy_models.models", "galaxy_models.registry", "galaxy_models.catalogs",
             "galaxy_models.training", "galaxy_models.inference", "galaxy_models.cli",
         ),
@@ -127,6 +129,32 @@ def test_prefect_yaml_is_valid() -> None:
     assert isinstance(config.get("deployments"), list)
     for deployment in config["deployments"]:
         assert {"name", "entrypoint"} <= set(deployment)
+
+
+def test_every_deployment_validates_and_the_demo_ones_serve_what_make_demo_trains() -> None:
+    """Each deployment's parameters are a valid config of its flow, and `classify-flow/demo` and
+    `export-flow/demo` name the model and store that `make demo` leaves behind."""
+    from galaxy_models.catalogs.export import ExportConfig
+    from galaxy_models.data.ingest import IngestConfig
+    from galaxy_models.inference.config import ClassifyConfig
+    from galaxy_models.training.config import TrainConfig
+
+    models: dict[str, type] = {
+        "flows/ingest.py:ingest_flow": IngestConfig, "flows/train.py:train_flow": TrainConfig,
+        "flows/classify.py:classify_flow": ClassifyConfig, "flows/export.py:export_flow": ExportConfig,
+    }  # fmt: skip
+    makefile = (ROOT / "Makefile").read_text()
+    demo_store = re.search(r"^STORE \?= (\S+)$", makefile, re.MULTILINE)
+    assert demo_store is not None
+    assert "--preset smoke" in makefile
+    demos = []
+    for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
+        config = models[deployment["entrypoint"]].model_validate(deployment["parameters"]["config"])
+        if deployment["name"] == "demo":
+            demos.append(deployment["entrypoint"])
+            assert config.model == TrainConfig(preset="smoke").run_name
+            assert config.store == demo_store.group(1)
+    assert sorted(demos) == ["flows/classify.py:classify_flow", "flows/export.py:export_flow"]
 
 
 def test_flow_configs_are_immutable() -> None:

@@ -69,7 +69,7 @@ def test_classify_rows() -> None:
         flags={"ok": 2, "unreadable": 1}, classes={"0": 1, "4": 1}, created_at=NOW,
     )  # fmt: skip
     assert classify_rows([manifest]) == [
-        {"batch": "b1", "rows": 3, "ok": 2, "unreadable": 1, "class 0": 1, "class 4": 1}
+        {"batch": "b1", "rows": 3, "tta": False, "ok": 2, "unreadable": 1, "class 0": 1, "class 4": 1}
     ]
 
 

@@ -139,7 +139,7 @@ def run_pipeline(bucket: str, prefix: str) -> Outputs:
         progress=False, log=lambda _: None,
     )  # fmt: skip
     card = publish_run(store, run, evaluate_run(run, workers=0))
-    promote(store, card.name, card.version)
+    promote(store, card.name, card.version, force=True)
     report = classify_pending(
         ClassifyConfig(store=uri, model="cs_resnet_tiny", engine="torch", workers=2), progress=False, log=lambda _: None
     )
@@ -268,7 +268,7 @@ def test_a_denied_incoming_image_gets_one_unreadable_row(
     """In the clean run's store (its model is in production), a new batch with one key denied."""
     store = S3Store(runs.bucket, "clean", s3_config)
     upload(survey / "incoming" / BATCH, store, "incoming/denied-batch")
-    names = sorted(p.name for p in (survey / "incoming" / BATCH).iterdir())
+    names = sorted(p.name for p in (survey / "incoming" / BATCH).glob("*.jpg"))
     denied = f"clean/incoming/denied-batch/{names[0]}"
     faults.deny = (denied,)
     use_endpoint(monkeypatch, faults.endpoint_url)

@@ -36,6 +36,7 @@ class CatalogPlan(BaseModel):
     model_version: str
     source_keys: list[str]
     part_size: int
+    tta: bool = False  # test-time augmentation: decides the rows, so fixed here (older plans: off)
 
     def parts(self) -> list[list[str]]:
         keys = self.source_keys
@@ -57,6 +58,8 @@ class CatalogManifest(BaseModel):
     parts: list[CatalogPart]
     flags: dict[str, int]
     classes: dict[str, int]
+    tta: bool = False  # whether the probabilities average the 8 dihedral views
+    warnings: list[str] = []  # e.g. lineage: a model trained on a synthetic survey classifying a real one
     created_at: datetime
 
 
@@ -123,7 +126,12 @@ def read_part(store: Store, key: str) -> pa.Table:
 
 
 def commit_catalog(
-    store: Store, plan: CatalogPlan, parts: Sequence[CatalogPart], model_card: str, created_at: datetime
+    store: Store,
+    plan: CatalogPlan,
+    parts: Sequence[CatalogPart],
+    model_card: str,
+    created_at: datetime,
+    warnings: Sequence[str] = (),
 ) -> tuple[CatalogManifest, bool]:
     """Check the parts add up to the plan, then write the manifest if no run has. Returns the
     manifest in force and whether this call wrote it.
@@ -148,6 +156,8 @@ def commit_catalog(
         parts=list(parts),
         flags=_counts(table.column("flag").to_pylist()),
         classes=_counts([str(c) for c in table.column("predicted_class").to_pylist() if c is not None]),
+        tta=plan.tta,
+        warnings=list(warnings),
         created_at=created_at,
     )
     key = f"{catalog_prefix(plan.batch_id, plan.model_version)}/_manifest.json"

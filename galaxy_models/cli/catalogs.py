@@ -23,6 +23,10 @@ def classify(
     workers: Annotated[int, typer.Option(help="image reading and decoding threads")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     engine: Annotated[str, typer.Option(help="auto (openvino on a CPU where installed), torch or openvino")] = "auto",
+    tta: Annotated[
+        bool,
+        typer.Option("--tta", help="average the 8 rotated and mirrored views of each image (about 8x the compute)"),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Classify survey batches into catalogs/<batch_id>/<model_version>/ (Parquet parts + manifest)."""
@@ -33,13 +37,14 @@ def classify(
 
     config = ClassifyConfig(
         store=store, model=model, batches=tuple(batch) if batch else None, batch_size=batch_size, workers=workers,
-        device=device, engine=engine,
+        device=device, engine=engine, tta=tta,
     )  # fmt: skip
     target = existing_store(store)
     card = resolve(target, config.ref)  # an unknown model or one without production is told before torch loads
     for batch_id in config.batches or ():
         require_images(target, batch_id)
     from galaxy_models.inference.classify import classify_pending
+    from galaxy_models.inference.probabilities import card_temperature
 
     report = classify_pending(config, card=card, progress=not as_json, log=echo_err)
     if as_json:
@@ -55,7 +60,11 @@ def classify(
     ]  # fmt: skip
     headers = ["batch", "rows", *(f.replace("_", " ") for f in FLAGS), "catalog"]
     typer.echo(table(headers, rows))
-    typer.echo(f"model {card.name}/{card.version}; catalogs under {target.uri.rstrip('/')}/catalogs/")
+    views = {"8 dihedral views (TTA)" if r.manifest.tta else "one view" for r in report.batches}
+    typer.echo(
+        f"model {card.name}/{card.version}, temperature {card_temperature(card):.3f}, {' / '.join(sorted(views))}; "
+        f"catalogs under {target.uri.rstrip('/')}/catalogs/"
+    )
 
 
 @catalog_app.command("export")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from galaxy_models.cli.app import JsonOption, StoreOption, app, echo_err, existing_store, models_app, table
 from galaxy_models.cli.errors import Failed, UserError
+
+if TYPE_CHECKING:
+    from galaxy_models.registry.cards import ModelCard
 
 
 @models_app.command("list")
@@ -66,11 +69,13 @@ def train(
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="any other TrainConfig field, key=value (repeatable)")
     ] = None,
-    promote_it: Annotated[bool, typer.Option("--promote", help="make the published model production")] = False,
+    promote_it: Annotated[
+        bool, typer.Option("--promote", help="make the published model production if it passes the gate")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force-promote", help="promote it even if the gate refuses")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model with torchrun, evaluate its best epoch on val and test, publish it under models/."""
-    from galaxy_models.metrics import table_v
     from galaxy_models.training.config import TrainConfig
     from galaxy_models.training.launch import TrainingFailed
     from galaxy_models.training.pipeline import train_evaluate_publish
@@ -86,16 +91,26 @@ def train(
     target = existing_store(config.store)
     try:
         outcome = train_evaluate_publish(
-            config, promote_it=promote_it, log=echo_err if as_json else typer.echo, progress=not as_json
+            config,
+            promote_it=promote_it or force,
+            force=force,
+            log=echo_err if as_json else typer.echo,
+            progress=not as_json,
         )
     except TrainingFailed as err:  # its output went to the log above
         raise Failed(str(err).splitlines()[0] + "; see the training output above") from err
-    card = outcome.card
-    location = target.url(f"models/{card.name}/{card.version}/card.json")
+    _report_training(outcome.card, target.url(f"models/{outcome.card.name}/{outcome.card.version}/card.json"),
+                     promoted=outcome.production is not None, store=store, as_json=as_json)  # fmt: skip
+
+
+def _report_training(card: ModelCard, location: str, *, promoted: bool, store: str, as_json: bool) -> None:
+    """What ``train`` prints: Table V per split and where the card is, or one JSON line."""
+    from galaxy_models.metrics import table_v
+
     if as_json:
         summary = {
             "name": card.name, "version": card.version, "card": location, "best_epoch": card.best_epoch,
-            "promoted": promote_it, "training_images_per_second": card.training_images_per_second,
+            "promoted": promoted, "training_images_per_second": card.training_images_per_second,
             "metrics": {split: m.model_dump() for split, m in card.metrics.items()},
         }  # fmt: skip
         typer.echo(json.dumps(summary))
@@ -103,7 +118,7 @@ def train(
     for split, m in card.metrics.items():
         typer.echo(f"\n{split} ({m.samples} images):\n" + table_v({card.architecture: m}))
     typer.echo(f"\npublished {card.name}/{card.version}: {location}")
-    if promote_it:
+    if promoted:
         typer.echo(f"{card.name}: production is now {card.version}")
     else:
         typer.echo(f"promote it with: galaxy-pipeline models promote {card.name} {card.version} --store {store}")
@@ -142,11 +157,16 @@ def models_promote(
     name: Annotated[str, typer.Argument(help="model name under models/")],
     version: Annotated[str, typer.Argument(help="published version to serve")],
     store: StoreOption,
+    min_val_f1: Annotated[
+        float | None, typer.Option(help="validation macro-F1 floor (default: the one its training set)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="promote even if the gate refuses")] = False,
 ) -> None:
-    """Make a published version the production model (a conditional write: concurrent promotions
-    cannot both land)."""
+    """Make a published version the production model, if it passes the gate (a validation macro-F1
+    floor, and production's score on the same data). A conditional write: concurrent promotions
+    cannot both land."""
     from galaxy_models.registry.cards import promote
 
-    production = promote(existing_store(store), name, version)
+    production = promote(existing_store(store), name, version, floor=min_val_f1, force=force)
     before = f" (was {production.previous})" if production.previous else ""
     typer.echo(f"{name}: production is now {version}{before}")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -44,13 +44,14 @@ from galaxy_models.data.manifest import (
     dataset_prefix,
     parse_manifest,
 )
-from galaxy_models.data.splits import SPLITS, SplitRatios, stratified_split
+from galaxy_models.data.splits import SPLITS, CrossValidation, SplitRatios, stratified_split
 from galaxy_models.data.writer import write_shards
 from galaxy_models.domain import CLASS_NAMES, Name, galaxy_id_from_key, is_name
 from galaxy_models.labels import ID_COLUMN, NO_CLASS, VOTE_COLUMNS, assign_classes, parse_votes
+from galaxy_models.lineage import SurveyKind, survey_kind
 from galaxy_models.progress import progress_counter
 from galaxy_models.steps import IN_PROCESS, Steps
-from galaxy_models.storage import Store, check_key, open_store, read_uri
+from galaxy_models.storage import Store, check_key, open_store, read_uri, split_uri
 
 # Shards are built in a temporary folder named after the ingesting process, so that the next ingest
 # can remove the folders a killed one left behind.
@@ -91,16 +92,27 @@ class IngestConfig(BaseModel):
     name: Name = Field("gz2", description="dataset name under datasets/")
     split: SplitRatios = Field(default_factory=SplitRatios, description="fractions of each class per split")
     seed: int = Field(0, ge=0, description="seed of the stratified split")
+    cross_validation: CrossValidation | None = Field(
+        None, description="make the test split one fold of a stratified k-fold partition (one dataset per fold)"
+    )
     crop_size: int = Field(224, ge=32, le=4096, description="side of the stored centre crop (paper: 224)")
     expected_size: int | None = Field(424, ge=1, description="required square image side; None accepts any")
     jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of stored crops")
     samples_per_shard: int = Field(1000, ge=1, le=1_000_000)
     max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1, description="larger image files are quarantined unread")
+    survey: Literal["auto", "real", "synthetic"] = Field(
+        "auto", description="kind of survey; auto: what a survey.json beside the vote table says, else real"
+    )
     workers: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256, description="threads")
 
     def content_settings(self) -> dict[str, Any]:
-        """The settings that change the dataset's bytes (not where it comes from or how fast)."""
-        return self.model_dump(mode="json", exclude={"images", "labels", "store", "workers"})
+        """The settings that change the dataset's bytes (not where it comes from or how fast).
+        ``cross_validation`` is left out when unset, so datasets ingested before it existed keep
+        their versions."""
+        excluded = {"images", "labels", "store", "workers", "survey"}  # the manifest records the kind
+        if self.cross_validation is None:
+            excluded.add("cross_validation")
+        return self.model_dump(mode="json", exclude=excluded)
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,14 @@ class SplitResult:
     quarantine: list[QuarantineEntry]
     converted_to_rgb: int
     channel_sums: np.ndarray  # sum of per-image channel means (3,) and of mean squares (3,)
+
+
+def resolve_survey_kind(config: IngestConfig) -> SurveyKind:
+    """The kind of survey being ingested: as configured, or what ``survey.json`` beside the vote table says."""
+    if config.survey != "auto":
+        return config.survey
+    folder, _ = split_uri(config.labels)
+    return survey_kind(open_store(folder), "")
 
 
 def load_labels(uri: str) -> LabelTable:
@@ -320,7 +340,12 @@ def shard_split(
 
 
 def build_manifest(
-    config: IngestConfig, version: str, labels: LabelTable, joined: JoinResult, results: list[SplitResult]
+    config: IngestConfig,
+    version: str,
+    labels: LabelTable,
+    joined: JoinResult,
+    results: list[SplitResult],
+    survey: SurveyKind = "real",
 ) -> DatasetManifest:
     """Assemble the manifest; normalisation statistics come from the training split."""
     shards = [s for r in results for s in r.shards]
@@ -359,6 +384,7 @@ def build_manifest(
         totals=totals,
         counts=counts,
         quarantine=quarantine,
+        survey=survey,
     ).sealed()
 
 
@@ -384,6 +410,7 @@ def ingest(
     (ingest-flow runs them as Prefect tasks). A version that is already complete is returned as it is."""
     store = store or open_store(config.store)
     remove_stale_workdirs()
+    survey = resolve_survey_kind(config)  # a bad survey.json stops the run before any work
     labels = steps.run("read-labels", load_labels, config.labels)
     image_keys = steps.run("list-images", list_images, config.images)
     joined = steps.run("join", join_labels_and_images, labels, image_keys)
@@ -392,11 +419,12 @@ def ingest(
     if existing is not None:
         return IngestResult(existing, store.url(f"{existing.prefix}/{MANIFEST}"), created=False)
     joined.require_candidates(config.images)
-    splits = steps.run("split", stratified_split, joined.candidates, config.split, config.seed)
+    cv = config.cross_validation
+    splits = steps.run("split", stratified_split, joined.candidates, config.split, config.seed, cross_validation=cv)
     results = [
         steps.run(f"write-{name}", shard_split, config, store, version, name, splits[name], labels, progress=progress)
         for name in SPLITS
     ]
-    manifest = build_manifest(config, version, labels, joined, results)
+    manifest = build_manifest(config, version, labels, joined, results, survey)
     manifest = steps.run("commit-manifest", commit_manifest, store, manifest)
     return IngestResult(manifest, store.url(f"{manifest.prefix}/{MANIFEST}"), created=True)

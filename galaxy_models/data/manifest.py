@@ -20,7 +20,7 @@ import hmac
 import json
 import os
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -90,6 +90,7 @@ class DatasetManifest(BaseModel):
     totals: dict[str, dict[str, int]] = Field(description="samples per split and class")
     counts: IngestCounts
     quarantine: list[QuarantineEntry]
+    survey: Literal["real", "synthetic"] = Field("real", description="the kind of survey the images came from")
     seal: str = Field("", description="'sha256:<hex>' or 'hmac-sha256:<hex>' of every other field")
 
     def sealed(self) -> DatasetManifest:

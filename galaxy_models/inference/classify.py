@@ -46,6 +46,8 @@ from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES, ImageRejected, cr
 from galaxy_models.domain import galaxy_id_from_key, is_name
 from galaxy_models.inference.config import ClassifyConfig, EngineName
 from galaxy_models.inference.engines import Engine, create_engine
+from galaxy_models.inference.probabilities import card_temperature, class_probabilities
+from galaxy_models.lineage import lineage_warning, survey_kind
 from galaxy_models.models.preprocessing import to_model_input
 from galaxy_models.progress import progress_counter
 from galaxy_models.registry.cards import ModelCard, model_prefix, resolve
@@ -130,10 +132,13 @@ def classify_images(
     workers: int = 4,
     low_confidence: float = 0.5,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    tta: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> pa.Table:
-    """Catalog rows for ``keys`` (one per key, in order)."""
+    """Catalog rows for ``keys`` (one per key, in order). Probabilities are softmax(logits / T) with the
+    card's temperature; with ``tta``, averaged over the 8 dihedral views (``probabilities``)."""
     preprocessing = card.preprocessing
+    temperature = card_temperature(card)
     source_keys: list[str] = []
     reasons: list[str | None] = []
     missing: list[bool] = []
@@ -144,8 +149,11 @@ def classify_images(
         if good:
             images = torch.from_numpy(np.stack([d.pixels for d in good])).permute(0, 3, 1, 2)  # type: ignore[misc]
             with torch.inference_mode():
-                logits = engine(to_model_input(images, preprocessing, engine.device, engine.channels_last))
-            p[[i for i, d in enumerate(batch) if d.pixels is not None]] = torch.softmax(logits, dim=1).numpy()
+                inputs = to_model_input(images, preprocessing, engine.device, engine.channels_last)
+                good_p = class_probabilities(
+                    engine, inputs, temperature=temperature, tta=tta, channels_last=engine.channels_last
+                )
+            p[[i for i, d in enumerate(batch) if d.pixels is not None]] = good_p.numpy()
         probabilities.append(p)
         source_keys += [d.key for d in batch]
         reasons += [d.reason for d in batch]
@@ -173,7 +181,7 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progres
         table = classify_images(
             store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,
             workers=config.workers, low_confidence=config.low_confidence, max_image_bytes=config.max_image_bytes,
-            progress=bar.update,
+            tta=plan.tta, progress=bar.update,
         )  # fmt: skip
     return write_part(store, key, table)
 
@@ -186,14 +194,24 @@ def plan_batch(store: Store, config: ClassifyConfig, card: ModelCard, batch_id: 
     """
     plan = CatalogPlan(
         batch_id=batch_id, model_name=card.name, model_version=card.version,
-        source_keys=require_images(store, batch_id), part_size=config.part_size,
+        source_keys=require_images(store, batch_id), part_size=config.part_size, tta=config.tta,
     )  # fmt: skip
     return fix_plan(store, plan)
 
 
-def commit(store: Store, plan: CatalogPlan, parts: Sequence[CatalogPart]) -> tuple[CatalogManifest, bool]:
+def commit(
+    store: Store, plan: CatalogPlan, parts: Sequence[CatalogPart], warnings: Sequence[str] = ()
+) -> tuple[CatalogManifest, bool]:
     card_uri = store.url(f"{model_prefix(plan.model_name, plan.model_version)}/card.json")
-    return commit_catalog(store, plan, parts, card_uri, datetime.now(UTC))
+    return commit_catalog(store, plan, parts, card_uri, datetime.now(UTC), warnings)
+
+
+def batch_warnings(store: Store, card: ModelCard, batch_id: str) -> list[str]:
+    """What the catalog of ``batch_id`` must say about how far to trust it: a model trained on a
+    survey of the other kind (real or synthetic, ``lineage``)."""
+    kind = survey_kind(store, f"{INCOMING}/{batch_id}")
+    warning = lineage_warning(f"{card.name}/{card.version}", card.dataset.get("survey"), batch_id, kind)
+    return [warning] if warning else []
 
 
 @dataclass(frozen=True)
@@ -214,10 +232,11 @@ class ClassifyReport:
         return {
             "model": self.card.name,
             "version": self.card.version,
+            "temperature": card_temperature(self.card),
             "batches": {
                 r.manifest.batch_id: {
                     "rows": r.manifest.rows, "flags": r.manifest.flags, "classes": r.manifest.classes,
-                    "committed": r.committed,
+                    "tta": r.manifest.tta, "committed": r.committed,
                 }
                 for r in self.batches
             },
@@ -238,9 +257,12 @@ def classify_batch(
     if existing is not None:
         return existing, False
     plan = steps.run("plan-batch", plan_batch, store, config, card, batch_id)
+    warnings = batch_warnings(store, card, batch_id)
+    if plan.tta != config.tta:  # an earlier, killed run planned this catalog: its plan decides the rows
+        warnings.append(f"batch {batch_id} was planned with tta={plan.tta} by an earlier run; tta={config.tta} ignored")
     calls = [(config, plan, i, progress) for i in range(len(plan.parts()))]
     parts = steps.map("classify-part", classify_part, calls)
-    return steps.run("commit", commit, store, plan, parts)
+    return steps.run("commit", commit, store, plan, parts, warnings)
 
 
 def classify_pending(
@@ -269,6 +291,8 @@ def classify_pending(
     for batch_id in batches:
         manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
         results.append(BatchResult(manifest, committed))
+        for warning in manifest.warnings:
+            log(f"warning: {warning}")
     late = steps.run("find-late-arrivals", find_late_arrivals, store, card.version, config.batches)
     for batch_id, keys in late.items():
         log(

@@ -30,6 +30,11 @@ class ClassifyConfig(BaseModel):
         DEFAULT_MAX_IMAGE_BYTES, ge=1, description="larger image files get an unreadable row, unread"
     )
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag rows whose top probability is below this")
+    tta: bool = Field(
+        False,
+        description="test-time augmentation: average the 8 rotated and mirrored views of each image "
+        "(one forward pass of 8 x batch_size images: about 8x the compute)",
+    )
     runner: Literal["default", "dask"] = Field("default", description="dask: parts run on a Dask cluster")
     dask_address: str | None = Field(None, description="scheduler address; None: a LocalCluster on this host")
     dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes")

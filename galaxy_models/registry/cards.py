@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from galaxy_models.calibration import Calibration
 from galaxy_models.domain import ModelRef, check_name
 from galaxy_models.metrics import Metrics
 from galaxy_models.models.preprocessing import Preprocessing
@@ -29,6 +30,9 @@ class ModelCard(BaseModel):
     config: dict[str, Any]
     dataset: dict[str, str] = Field(description="name, version, manifest_sha256 and manifest_seal of the training data")
     metrics: dict[str, Metrics] = Field(description="per split: val, test")
+    calibration: Calibration | None = Field(
+        None, description="temperature fitted on val, applied by inference; None (older cards): T = 1"
+    )
     best_epoch: int
     history: list[dict[str, float]]
     hardware: dict[str, Any]
@@ -80,7 +84,10 @@ def _versions_or_raise(store: Store, name: str) -> list[str]:
     versions = list_versions(store, name)
     if not versions:
         published = ", ".join(list_models(store)) or "none"
-        raise ModelNotFoundError(f"no model {name!r} in {store.uri} (published models: {published})")
+        raise ModelNotFoundError(
+            f"no model {name!r} in {store.uri} (published models: {published}); train and publish it first, "
+            f"e.g. galaxy-pipeline train --model {name} --store {store.uri}, or run its train-flow deployment"
+        )
     return versions
 
 
@@ -114,16 +121,54 @@ class PromotionConflict(RuntimeError):
     """Another promotion of the same model landed between our read and our write."""
 
 
-def promote(store: Store, name: str, version: str) -> Production:
+class PromotionRefused(ValueError):
+    """The promotion gate refused a model: below the floor, or worse than production on the same data."""
+
+
+# The validation macro-F1 a model needs to be promoted when neither the caller nor the card's
+# training config sets one: above what a network predicting one class for everything scores on
+# GZ2's five classes (at most 0.1), below any model worth serving.
+DEFAULT_MIN_VAL_F1 = 0.2
+
+
+def promotion_refusal(card: ModelCard, production: ModelCard | None, floor: float | None = None) -> str | None:
+    """Why ``card`` must not replace ``production`` as the served model, or None if it may.
+
+    The gate: a validation macro-F1 at least ``floor`` (default: the ``min_val_f1`` the card's
+    training config set, else ``DEFAULT_MIN_VAL_F1``), and at least production's when both were
+    validated on the same data (same dataset version and manifest seal; scores on other data do
+    not compare).
+    """
+    val = card.metrics.get("val")
+    if val is None:
+        return "its card has no validation score"
+    floor = card.config.get("min_val_f1", DEFAULT_MIN_VAL_F1) if floor is None else floor
+    if val.f1 < floor:
+        return f"its validation macro-F1 {val.f1:.3f} is below the floor {floor:.3f} (min_val_f1)"
+    if production is None or production.version == card.version or production.dataset != card.dataset:
+        return None
+    current = production.metrics.get("val")
+    if current is not None and val.f1 < current.f1:
+        return (
+            f"its validation macro-F1 {val.f1:.3f} is below production {production.version}'s {current.f1:.3f} "
+            "on the same dataset"
+        )
+    return None
+
+
+def promote(store: Store, name: str, version: str, *, floor: float | None = None, force: bool = False) -> Production:
     """Make ``version`` the production model of ``name`` with a conditional write: of two concurrent
     promotions exactly one succeeds, the other raises ``PromotionConflict`` and changes nothing.
     Promoting the version that is already production changes nothing and returns the record in force.
+    Unless ``force``, the version must pass the gate (``promotion_refusal``; ``floor`` overrides the
+    validation macro-F1 floor its card's config set).
 
     Raises:
         ModelNotFoundError: if the version is not published.
+        PromotionRefused: if the gate refuses it, saying why and how to force it.
         PromotionConflict: if production.json changed while this call ran.
     """
-    read_card(store, name, version)  # it must exist
+    card = read_card(store, name, version)
     key = f"models/{check_name(name, 'model name')}/production.json"
     try:
         data, tag = store.read_tagged(key)
@@ -132,8 +177,24 @@ def promote(store: Store, name: str, version: str) -> Production:
         tag, current = None, None
     if current is not None and current.version == version:
         return current  # already production: rewriting would point `previous` at itself and lose the rollback
+    refusal = None if force else promotion_refusal(card, _production_card(store, name, current), floor)
+    if refusal is not None:
+        raise PromotionRefused(
+            f"not promoting {name}/{version}: {refusal}; promote it anyway with "
+            f"galaxy-pipeline models promote {name} {version} --force --store {store.uri}"
+        )
     previous = current.version if current is not None else None
     production = Production(version=version, promoted_at=datetime.now(UTC), previous=previous)
     if not store.replace_if(key, production.model_dump_json(indent=2).encode(), tag):
         raise PromotionConflict(f"production.json of {name!r} changed during the promotion of {version!r}; retry")
     return production
+
+
+def _production_card(store: Store, name: str, production: Production | None) -> ModelCard | None:
+    """The card of the version in production, if there is one and it is still published."""
+    if production is None:
+        return None
+    try:
+        return read_card(store, name, production.version)
+    except ModelNotFoundError:
+        return None

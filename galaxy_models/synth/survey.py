@@ -3,6 +3,8 @@
 ``raw/<survey>/images/<GalaxyID>.jpg`` and ``raw/<survey>/labels.csv`` (the Kaggle vote table, written
 last) form the labelled set; ``incoming/<batch_id>/<GalaxyID>.jpg`` are new unlabelled batches, and
 ``raw/<survey>/truth/<batch_id>.csv`` keeps their true classes for evaluating a classifier later.
+``raw/<survey>/survey.json`` and ``incoming/<batch_id>/survey.json`` say the images are synthetic
+(``lineage``), so a model trained on them warns when it classifies a real survey, and the reverse.
 
 Every image is a pure function of (seed, galaxy), so the output does not depend on the number of
 worker processes, and a re-run with the same settings skips images that already exist.
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from galaxy_models.domain import CLASS_NAMES, Name
 from galaxy_models.labels import NO_CLASS, assign_classes
+from galaxy_models.lineage import SURVEY_FILE, SurveyProvenance
 from galaxy_models.progress import progress_counter
 from galaxy_models.storage import Store, open_store
 from galaxy_models.synth.galaxies import encode_jpeg, render_galaxy
@@ -148,6 +151,9 @@ def synthesize_survey(config: SynthConfig, *, store: Store | None = None, progre
             bar.update()
     report.seconds = time.perf_counter() - start
 
+    provenance = SurveyProvenance(kind="synthetic", generator="galaxy-pipeline synth", seed=config.seed)
+    for folder in [f"raw/{config.survey}", *(f"incoming/{b}" for b in batches)]:
+        _write_if_changed(store, f"{folder}/{SURVEY_FILE}", provenance.model_dump_json().encode())
     for batch_id, frame in batches.items():
         truth = frame.rename(columns={"morphology": "true_class"})
         _write_if_changed(store, f"raw/{config.survey}/truth/{batch_id}.csv", _csv(truth))

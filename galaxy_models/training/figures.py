@@ -1,4 +1,5 @@
-"""Figures of a training run (matplotlib, headless): the confusion matrix and the training curves."""
+"""Figures of a training run (matplotlib, headless): the confusion matrix, the training curves and the
+reliability diagram of its calibration."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from galaxy_models.calibration import Calibration
 from galaxy_models.domain import CLASS_NAMES
 from galaxy_models.metrics import Metrics
 
@@ -69,4 +71,41 @@ def curves_png(history: Sequence[dict[str, float]], title: str) -> bytes:
     for axes in (left, right):
         axes.grid(alpha=0.3)
     figure.suptitle(title)
+    return _png(figure)
+
+
+def reliability_png(calibration: Calibration, title: str) -> bytes:
+    """Reliability diagram per split, before and after temperature scaling: each confidence bin's
+    accuracy against its mean confidence (a calibrated model lies on the diagonal), marker area by the
+    bin's share of samples, ECE and Brier score in the panel titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(calibration.splits.items())
+    figure, panels = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 4.6), squeeze=False)
+    for axes, (split, scores) in zip(panels[0], splits, strict=False):
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+        for name, bins, colour in (
+            ("raw softmax", scores.bins_before, "tab:red"),
+            ("T-scaled", scores.bins_after, "tab:blue"),
+        ):
+            full = [b for b in bins if b.count and b.confidence is not None and b.accuracy is not None]
+            sizes = [400 * b.count / max(scores.samples, 1) + 8 for b in full]
+            axes.plot([b.confidence for b in full], [b.accuracy for b in full], color=colour, linewidth=1)
+            axes.scatter([b.confidence for b in full], [b.accuracy for b in full], s=sizes, color=colour, label=name)
+        fitted = " (T fitted here)" if split == calibration.fitted_on else ""
+        axes.set_title(
+            f"{split}{fitted}, {scores.samples} images\nECE {100 * scores.ece_before:.1f}% -> "
+            f"{100 * scores.ece_after:.1f}%, Brier {scores.brier_before:.3f} -> {scores.brier_after:.3f}",
+            fontsize=9,
+        )
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel(f"confidence (top probability, {calibration.bins} bins)")
+        axes.set_ylabel("accuracy")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, loc="upper left")
+    figure.suptitle(f"{title}: temperature T = {calibration.temperature:.3f}", y=1.04)
     return _png(figure)

@@ -36,6 +36,7 @@ from galaxy_models.training.checkpoints import Trainables, TrainingState
 from galaxy_models.training.config import TrainConfig
 from galaxy_models.training.distributed import Processes
 from galaxy_models.training.evaluation import compute_metrics, predict
+from galaxy_models.training.losses import criterion
 from galaxy_models.training.runs import (
     EpochLog,
     TrainRun,
@@ -152,15 +153,12 @@ def _prepare(config: TrainConfig, processes: Processes, store: Store, manifest: 
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config)),
         scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
     )
-    weights = class_weights(config, manifest)
-    criterion = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
-    )
+    loss = criterion(config, manifest).to(device)
     return _Run(
         config=config, processes=processes, store=store, manifest=manifest, run_id=run_id,
         prefix=run_prefix(config.run_name, run_id),
         preprocessing=Preprocessing.from_manifest(manifest, config.image_size),
-        channels_last=channels_last, autocast_dtype=autocast_dtype, trainables=trainables, criterion=criterion,
+        channels_last=channels_last, autocast_dtype=autocast_dtype, trainables=trainables, criterion=loss,
         parameters=count_parameters(model),
     )  # fmt: skip
 
@@ -194,15 +192,6 @@ def lr_factor(config: TrainConfig) -> Callable[[int], float]:
         return 1.0
 
     return factor
-
-
-def class_weights(config: TrainConfig, manifest: DatasetManifest) -> torch.Tensor | None:
-    """Loss weights inverse to the training split's class counts (``class_weights="balanced"``)."""
-    if config.class_weights == "none":
-        return None
-    counts = np.array([manifest.totals["train"].get(str(k), 0) for k in range(len(CLASS_NAMES))], dtype=float)
-    weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _announce(run: _Run, restored: TrainingState | None, log: Log) -> None:
@@ -286,7 +275,7 @@ def _finish(run: _Run, state: TrainingState, log: Log) -> TrainRun:
     record = TrainRun(
         name=config.run_name, run_id=run.run_id, prefix=run.prefix, architecture=config.model,
         parameters=run.parameters, config=config, dataset=manifest.name, dataset_version=manifest.version,
-        manifest_sha256=manifest_sha256(run.store, manifest), manifest_seal=manifest.seal,
+        manifest_sha256=manifest_sha256(run.store, manifest), manifest_seal=manifest.seal, survey=manifest.survey,
         preprocessing=run.preprocessing,
         best_epoch=state.best_epoch, best_val_f1=state.best_f1, history=state.history,
         training_seconds=state.seconds, images_per_second=mean_rate(state.history),

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from galaxy_models.calibration import Calibration
 from galaxy_models.domain import CLASS_NAMES
 from galaxy_models.metrics import Metrics
 from galaxy_models.models.serialization import load_checkpoint
 from galaxy_models.registry.cards import ModelCard, ModelNotFoundError, read_card
 from galaxy_models.registry.weights import publish
 from galaxy_models.storage import Store
-from galaxy_models.training.figures import confusion_png, curves_png
+from galaxy_models.training.figures import confusion_png, curves_png, reliability_png
 from galaxy_models.training.runs import TrainRun
 
 
-def publish_run(store: Store, run: TrainRun, metrics: dict[str, Metrics]) -> ModelCard:
-    """The card of ``run`` in the registry, publishing the run first if it is not there yet."""
+def publish_run(
+    store: Store, run: TrainRun, metrics: dict[str, Metrics], calibration: Calibration | None = None
+) -> ModelCard:
+    """The card of ``run`` in the registry, publishing the run first if it is not there yet.
+    ``calibration`` (``calibrating.calibrate_run``) goes into the card, with its reliability diagram."""
     try:
         return read_card(store, run.name, run.run_id)
     except ModelNotFoundError:
@@ -24,6 +28,8 @@ def publish_run(store: Store, run: TrainRun, metrics: dict[str, Metrics]) -> Mod
     title = f"{run.architecture} on {run.dataset}/{run.dataset_version}"
     figures = {f"confusion_{split}.png": confusion_png(m, f"{title}, {split}") for split, m in metrics.items()}
     figures["training_curves.png"] = curves_png([h.model_dump() for h in run.history], title)
+    if calibration is not None:
+        figures["reliability.png"] = reliability_png(calibration, title)
     card = ModelCard(
         name=run.name,
         version=run.run_id,
@@ -34,6 +40,7 @@ def publish_run(store: Store, run: TrainRun, metrics: dict[str, Metrics]) -> Mod
         config=run.config.model_dump(mode="json"),
         dataset=run.dataset_reference(),
         metrics=metrics,
+        calibration=calibration,
         best_epoch=run.best_epoch,
         history=[h.model_dump() for h in run.history],
         hardware=run.hardware,

@@ -44,6 +44,7 @@ class TrainRun(BaseModel):
     dataset_version: str
     manifest_sha256: str
     manifest_seal: str = Field(description="the dataset manifest's seal: the content the run trained on")
+    survey: str | None = Field(None, description="real or synthetic: the kind of survey the data came from")
     preprocessing: Preprocessing
     best_epoch: int
     best_val_f1: float
@@ -54,11 +55,13 @@ class TrainRun(BaseModel):
     finished_at: datetime
 
     def dataset_reference(self) -> dict[str, str]:
-        """What a model card records of the training data: name, version, manifest hash and seal."""
-        return {
+        """What a model card records of the training data: name, version, manifest hash and seal, and
+        the kind of survey (lineage: classify warns when a batch is of the other kind)."""
+        reference = {
             "name": self.dataset, "version": self.dataset_version, "manifest_sha256": self.manifest_sha256,
             "manifest_seal": self.manifest_seal,
         }  # fmt: skip
+        return reference if self.survey is None else {**reference, "survey": self.survey}
 
     @property
     def best_key(self) -> str:

@@ -114,7 +114,12 @@ def test_train_promote_and_versions(synthetic_dataset: Path, tmp_path: Path) -> 
     assert (root / "models" / "cs_resnet_tiny" / summary["version"] / "model.pt").is_file()
     again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
     assert again["version"] == summary["version"]
-    promoted = runner.invoke(app, ["models", "promote", "cs_resnet_tiny", summary["version"], "--store", str(root)])
+    promote = ["models", "promote", "cs_resnet_tiny", summary["version"], "--store", str(root)]
+    refused = runner.invoke(app, [*promote, "--min-val-f1", "1"])
+    assert refused.exit_code == 2
+    assert "is below the floor 1.000" in refused.stderr
+    assert "--force" in refused.stderr
+    promoted = runner.invoke(app, [*promote, "--min-val-f1", "0"])
     assert promoted.exit_code == 0, promoted.output
     assert f"production is now {summary['version']}" in promoted.output
     listing = runner.invoke(app, ["models", "versions", "cs_resnet_tiny", "--store", str(root)])

@@ -56,7 +56,7 @@ def test_smoke_deployment_runs_on_a_real_server_and_worker(
         ).stdout
         for name in (
             "train-flow/cs-resnet50", "train-flow/resnet50", "train-flow/smoke", "ingest-flow/synthetic",
-            "classify-flow/nightly", "export-flow/catalog",
+            "classify-flow/nightly", "export-flow/catalog", "classify-flow/demo", "export-flow/demo",
         ):  # fmt: skip
             assert name in listed, listed
         nightly = subprocess.run(
@@ -79,10 +79,15 @@ def test_smoke_deployment_runs_on_a_real_server_and_worker(
         assert set(card["metrics"]) == {"val", "test"}
         assert 0.0 <= card["metrics"]["test"]["accuracy"] <= 1.0
         assert card["config"]["store"] == str(store)
-        assert sorted(card["figures"]) == ["confusion_test.png", "confusion_val.png", "training_curves.png"]
+        assert sorted(card["figures"]) == [
+            "confusion_test.png",
+            "confusion_val.png",
+            "reliability.png",
+            "training_curves.png",
+        ]
 
         # The nightly classification, started from its deployment, classifies only the new batch.
-        promote(LocalStore(store), "cs_resnet_tiny", card["version"])
+        promote(LocalStore(store), "cs_resnet_tiny", card["version"], force=True)
         old, _ = classify_batch(
             ClassifyConfig(store=str(store), model="cs_resnet_tiny"), "synthetic-batch-001", progress=False
         )

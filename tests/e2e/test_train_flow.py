@@ -24,7 +24,7 @@ def test_train_flow_publishes_a_card_and_artifacts(synthetic_dataset: Path, tmp_
     root = tmp_path / "store"
     shutil.copytree(synthetic_dataset, root)
     state = train_flow(
-        TrainConfig(preset="smoke", store=str(root), epochs=1, workers=0), promote=True, return_state=True
+        TrainConfig(preset="smoke", store=str(root), epochs=1, workers=0, min_val_f1=0), promote=True, return_state=True
     )
     result = state.result()
     card = read_card(LocalStore(root), "cs_resnet_tiny", result["version"])
@@ -48,7 +48,7 @@ def test_train_flow_publishes_a_card_and_artifacts(synthetic_dataset: Path, tmp_
             )
             return [r.name.rsplit("-", 1)[0] for r in runs if r.state and r.state.is_completed()]
 
-    assert sorted(asyncio.run(task_runs())) == ["evaluate", "promote", "publish", "train"]
+    assert sorted(asyncio.run(task_runs())) == ["calibrate", "evaluate", "promote", "publish", "train"]
     published = asyncio.run(artifacts())
     assert set(published) == {"train-cs-resnet-tiny-metrics", "train-cs-resnet-tiny-report"}
     assert "| Network | Accuracy | Precision | Recall | F1-score |" in published["train-cs-resnet-tiny-report"]

@@ -153,7 +153,7 @@ def test_a_new_model_gets_its_own_catalog_version(root: Path) -> None:
         TrainConfig(preset="smoke", store=str(root), epochs=1, workers=0, seed=1), progress=False, log=lambda _: None
     )
     card = publish_run(store, run, evaluate_run(run, workers=0))
-    promote(store, card.name, card.version)
+    promote(store, card.name, card.version, force=True)
     assert set(pending_batches(store, card.version)) == {BATCH, "synthetic-batch-002"}
     new, wrote = classify_batch(_config(root), BATCH, progress=False)
     assert wrote

@@ -90,3 +90,12 @@ def test_a_planned_image_that_has_gone_gets_a_missing_row(root: Path) -> None:
     assert rows[gone]["predicted_class"] is None
     assert rows[gone]["confidence"] is None
     assert all(r["flag"] != "missing" for k, r in rows.items() if k != gone)
+
+
+def test_a_plan_from_an_earlier_run_decides_tta_and_says_so(root: Path) -> None:
+    store = LocalStore(root)
+    config = _config(root)
+    plan_batch(store, config, resolve(store, config.ref), BATCH)  # a killed run, without --tta
+    manifest, _ = classify_batch(config.model_copy(update={"tta": True}), BATCH, progress=False)
+    assert not manifest.tta
+    assert any("planned with tta=False by an earlier run; tta=True ignored" in w for w in manifest.warnings)

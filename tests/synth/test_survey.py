@@ -48,12 +48,13 @@ def test_layout_in_both_backends(store: Store) -> None:
     assert sorted(f"raw/synthetic/images/{gid}.jpg" for gid in votes["GalaxyID"]) == images
     assert set(report.batches) == {"synthetic-batch-001", "synthetic-batch-002"}
     for batch_id in report.batches:
-        keys = store.list(f"incoming/{batch_id}/")
+        keys = [k for k in store.list(f"incoming/{batch_id}/") if k.endswith(".jpg")]
         assert len(keys) == 6
+        assert store.exists(f"incoming/{batch_id}/survey.json")  # lineage: these images are synthetic
         truth = pd.read_csv(io.BytesIO(store.read_bytes(f"raw/synthetic/truth/{batch_id}.csv")), dtype=str)
         assert sorted(f"incoming/{batch_id}/{gid}.jpg" for gid in truth["GalaxyID"]) == keys
     # the incoming galaxies are new: none of them is in the labelled survey
-    incoming_ids = {k.rsplit("/", 1)[1] for k in store.list("incoming/")}
+    incoming_ids = {k.rsplit("/", 1)[1] for k in store.list("incoming/") if k.endswith(".jpg")}
     assert not incoming_ids & {k.rsplit("/", 1)[1] for k in images}
     image = Image.open(io.BytesIO(store.read_bytes(images[0])))
     assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (424, 424))
@@ -65,7 +66,7 @@ def test_rerun_writes_nothing(tmp_path: Path) -> None:
     store = CountingStore(tmp_path)
     first = synthesize_survey(config(store), store=store, progress=False)
     writes = store.writes
-    assert writes == 30 + 12 + 2 + 1  # images, batch images, truth tables, vote table
+    assert writes == 30 + 12 + 3 + 2 + 1  # images, batch images, survey.json files, truth tables, vote table
     second = synthesize_survey(config(store), store=store, progress=False)
     assert store.writes == writes
     assert second.images_written == 0

@@ -62,6 +62,8 @@ def test_a_smoke_run_trains_evaluates_and_is_not_repeated(synthetic_dataset: Pat
     assert set(metrics) == {"val", "test"}
     assert metrics["val"].samples == _manifest(root).split_size("val")
     assert metrics["val"].f1 == pytest.approx(run.best_val_f1)  # the best epoch's weights, evaluated again
+    assert metrics["test"].intervals is not None  # what the model card carries
+    assert metrics["test"].intervals["f1"][0] <= metrics["test"].f1 <= metrics["test"].intervals["f1"][1]
     before = (root / run.prefix / "run.json").stat().st_mtime_ns
     again = train(config, progress=False, log=lines.append)
     assert again == run
