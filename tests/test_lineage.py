@@ -48,7 +48,11 @@ def test_classifying_a_survey_of_the_other_kind_warns(root: Path) -> None:
         shutil.copy(image, real / image.name)
     logged: list[str] = []
     config = ClassifyConfig(
-        store=str(root), model="cs_resnet_tiny", workers=2, batches=("real-batch", "synthetic-batch-002")
+        store=str(root),
+        model="cs_resnet_tiny",
+        workers=2,
+        batches=("real-batch", "synthetic-batch-002"),
+        engine="torch",
     )
     report = classify_pending(config, progress=False, log=logged.append)
     manifests = {r.manifest.batch_id: r.manifest for r in report.batches}

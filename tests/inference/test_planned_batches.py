@@ -23,7 +23,9 @@ BATCH = "synthetic-batch-002"
 
 
 def _config(root: Path) -> ClassifyConfig:
-    return ClassifyConfig(store=str(root), model="cs_resnet_tiny", workers=2, part_size=16, batches=(BATCH,))
+    return ClassifyConfig(
+        store=str(root), model="cs_resnet_tiny", workers=2, part_size=16, batches=(BATCH,), engine="torch"
+    )
 
 
 def _add_image(root: Path, name: str) -> str:
