@@ -115,8 +115,10 @@ def dataset_prefix(name: str, version: str) -> str:
 
 
 def compute_seal(manifest: DatasetManifest) -> str:
-    """The digest of the manifest's content (every field but the seal), canonical JSON."""
-    content = manifest.model_dump(mode="json", exclude={"seal"})
+    """The digest of the manifest's content (every field but the seal), canonical JSON. Fields at
+    their default are left out, so a field added later with a default keeps older seals valid (an
+    edit away from a default, or to one, still changes the digest)."""
+    content = manifest.model_dump(mode="json", exclude={"seal"}, exclude_defaults=True)
     body = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
     key = os.environ.get(SEAL_KEY_ENV)
     if key:
