@@ -281,10 +281,10 @@ def classify_pending(
     card = card or steps.run("find-model", resolve_card, store, config)
     skipped: list[SkippedBatch] = []
     if config.batches is not None:
-        batches = list(config.batches)
+        batches = checked = list(config.batches)
     else:
         batches = steps.run("find-batches", pending_batches, store, card.version)
-        skipped = scan_batches(store)[1]
+        checked, skipped = scan_batches(store)  # every batch is checked for late arrivals
     for folder in skipped:
         log(f"warning: skipped {INCOMING}/{folder.folder}/: {folder.reason}")
     results = []
@@ -293,7 +293,7 @@ def classify_pending(
         results.append(BatchResult(manifest, committed))
         for warning in manifest.warnings:
             log(f"warning: {warning}")
-    late = steps.run("find-late-arrivals", find_late_arrivals, store, card.version, config.batches)
+    late = steps.run("find-late-arrivals", find_late_arrivals, store, card.version, checked)
     for batch_id, keys in late.items():
         log(
             f"warning: {len(keys)} image(s) in {INCOMING}/{batch_id}/ arrived after its catalog was planned and are "
@@ -302,8 +302,8 @@ def classify_pending(
     return ClassifyReport(card=card, batches=results, skipped=skipped, late=late)
 
 
-def find_late_arrivals(store: Store, model_version: str, batches: Sequence[str] | None) -> dict[str, list[str]]:
+def find_late_arrivals(store: Store, model_version: str, batches: Sequence[str]) -> dict[str, list[str]]:
     """Batch -> images not in its catalog for ``model_version`` because they came after it was
-    planned, for the named batches or every batch under incoming/."""
-    found = {b: late_arrivals(store, b, model_version) for b in (batches or scan_batches(store)[0])}
+    planned, for each of ``batches``."""
+    found = {b: late_arrivals(store, b, model_version) for b in batches}
     return {b: keys for b, keys in found.items() if keys}
