@@ -54,10 +54,13 @@ def launch(
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GALAXY_NO_PROGRESS": "1"}
         tail: list[str] = []
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
-            for line in child.stdout or []:
-                log(line.rstrip())
-                tail = [*tail[-39:], line.rstrip()]
+        # Bytes, decoded line by line: a child's odd byte cannot stop the run, and no text-mode
+        # decoder state is shared with anything else in this process.
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as child:
+            for raw in child.stdout or []:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                log(line)
+                tail = [*tail[-39:], line]
             code = child.wait()
         if code != 0:
             raise TrainingFailed(f"torchrun exited with {code}:\n" + "\n".join(tail))

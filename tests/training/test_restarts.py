@@ -4,12 +4,12 @@ never interrupted."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import threading
-import time
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,32 +21,25 @@ from galaxy_models.training.config import TrainConfig
 from galaxy_models.training.launch import launch
 from galaxy_models.training.runs import TrainRun
 
+KILLER = Path(__file__).with_name("kill_rank.py")
 
-def _worker(marker: str, rank: int) -> int | None:
-    """The pid of the first attempt's training process of ``rank`` in the job marked ``marker``."""
-    wanted = {f"GALAXY_TEST_JOB={marker}".encode(), f"RANK={rank}".encode(), b"TORCHELASTIC_RESTART_COUNT=0"}
-    for entry in Path("/proc").iterdir():
+
+@contextmanager
+def killing_rank(root: Path, marker: str, rank: int) -> Iterator[list[str]]:
+    """While the block runs, a separate process (no thread in this one) SIGKILLs the first attempt's
+    process of ``rank`` once the run in ``root`` has written its first checkpoint; its report line is
+    appended to the yielded list when the block ends."""
+    outcome: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, str(KILLER), str(root), marker, str(rank)], stdout=subprocess.PIPE, text=True
+    ) as killer:
         try:
-            environment = set((entry / "environ").read_bytes().split(b"\0")) if entry.name.isdigit() else set()
-        except OSError:  # gone, or not ours
-            continue
-        if wanted <= environment:
-            return int(entry.name)
-    return None
-
-
-def _kill_rank_after_checkpoint(root: Path, marker: str, rank: int, done: threading.Event) -> str:
-    """Wait for the run's first checkpoint, then SIGKILL that attempt's process of ``rank``."""
-    store = LocalStore(root)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not done.is_set():
-        if any(k.endswith("/checkpoint.pt") for k in store.list("runs/")):
-            pid = _worker(marker, rank)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                return f"killed rank {rank} (pid {pid})"
-        time.sleep(0.05)
-    return "the run ended before a process could be killed"
+            yield outcome
+        finally:
+            if killer.poll() is None:
+                killer.terminate()
+            stdout, _ = killer.communicate(timeout=30)
+            outcome.append(stdout.strip() or f"the killer exited with {killer.returncode} and said nothing")
 
 
 def _final_weights(root: Path, run: TrainRun) -> dict[str, torch.Tensor]:
@@ -63,17 +56,9 @@ def test_a_killed_process_is_restarted_and_the_run_ends_as_if_never_interrupted(
     marker = uuid.uuid4().hex
     monkeypatch.setenv("GALAXY_TEST_JOB", marker)  # torchrun hands the environment to its processes
     interrupted = TrainConfig(store=str(roots["interrupted"]), max_restarts=1, **settings)  # type: ignore[arg-type]
-    done, outcome = threading.Event(), []
-    killer = threading.Thread(
-        target=lambda: outcome.append(_kill_rank_after_checkpoint(roots["interrupted"], marker, 1, done))
-    )
-    killer.start()
     lines: list[str] = []
-    try:
+    with killing_rank(roots["interrupted"], marker, 1) as outcome:
         run = launch(interrupted, processes=2, log=lines.append)
-    finally:
-        done.set()
-        killer.join()
     assert outcome[0].startswith("killed rank 1"), outcome
     assert any(line.startswith("resuming") or " resuming " in line for line in lines), lines[-40:]
     assert [h.epoch for h in run.history] == [0, 1, 2]
@@ -94,12 +79,6 @@ def test_without_restarts_a_dead_process_fails_the_run(
     marker = uuid.uuid4().hex
     monkeypatch.setenv("GALAXY_TEST_JOB", marker)
     config = TrainConfig(preset="smoke", store=str(root), epochs=3, batch_size=16, workers=0, max_restarts=0)
-    done = threading.Event()
-    killer = threading.Thread(target=_kill_rank_after_checkpoint, args=(root, marker, 1, done))
-    killer.start()
-    try:
-        with pytest.raises(TrainingFailed, match="torchrun exited with"):
-            launch(config, processes=2, log=lambda _: None)
-    finally:
-        done.set()
-        killer.join()
+    with killing_rank(root, marker, 1) as outcome, pytest.raises(TrainingFailed, match="torchrun exited with"):
+        launch(config, processes=2, log=lambda _: None)
+    assert outcome[0].startswith("killed rank 1"), outcome
