@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from galaxy_models.data.augmentation import Augmentation
 from galaxy_models.data.manifest import DatasetManifest
-from galaxy_models.domain import Name, check_name
+from galaxy_models.domain import ModelRef, ModelRefText, Name, check_name
 from galaxy_models.models.architectures import list_models
 
 Preset = Literal["paper", "smoke"]
@@ -80,6 +80,11 @@ class TrainConfig(BaseModel):
         le=100,
         description="times torchrun restarts the processes after one dies; they resume from the last checkpoint",
     )
+    init_from: ModelRefText | None = Field(
+        None,
+        description="start from the weights of a published model in the same store, NAME@VERSION (e.g. one "
+        "pre-trained on a synthetic survey); same architecture; the version pins the run's starting point",
+    )
     augmentation: Augmentation = Field(default_factory=Augmentation)
 
     @model_validator(mode="before")
@@ -98,6 +103,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown architecture {value!r}; known: {', '.join(list_models())}")
         return value
 
+    @field_validator("init_from")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        if value is not None and ModelRef.parse(value).version is None:
+            raise ValueError(
+                f"init_from {value!r} names no version; use NAME@VERSION (galaxy-pipeline models list shows them)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         check_name(self.run_name, "run name")
@@ -114,7 +128,7 @@ class TrainConfig(BaseModel):
         settings = self.model_dump(
             mode="json", exclude={"workers", "preset", "store", "processes", "max_restarts", "min_val_f1"}
         )
-        for later, default in (("loss", "cross_entropy"), ("logit_adjust_tau", 1.0)):
+        for later, default in (("loss", "cross_entropy"), ("logit_adjust_tau", 1.0), ("init_from", None)):
             if settings[later] == default:  # added later: runs from before keep their ids
                 del settings[later]
         settings["dataset_version"] = manifest.version

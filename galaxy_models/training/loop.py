@@ -25,12 +25,13 @@ from torch import nn
 
 from galaxy_models.data.loader import make_loader
 from galaxy_models.data.manifest import DatasetManifest
-from galaxy_models.domain import CLASS_NAMES
+from galaxy_models.domain import CLASS_NAMES, ModelRef
 from galaxy_models.metrics import Metrics
 from galaxy_models.models.architectures import count_parameters, create_model
 from galaxy_models.models.preprocessing import Preprocessing, to_model_input
 from galaxy_models.models.serialization import save_checkpoint
 from galaxy_models.progress import progress_bar
+from galaxy_models.registry.weights import load_model
 from galaxy_models.storage import Store
 from galaxy_models.training.checkpoints import Trainables, TrainingState
 from galaxy_models.training.config import TrainConfig
@@ -143,7 +144,10 @@ def _prepare(config: TrainConfig, processes: Processes, store: Store, manifest: 
     device = processes.device
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     autocast_dtype = autocast_dtype_for(config, device)
-    model = create_model(config.model, num_classes=len(CLASS_NAMES)).to(device)
+    model = create_model(config.model, num_classes=len(CLASS_NAMES))
+    if config.init_from is not None:
+        load_initial_weights(model, store, config)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model)
@@ -161,6 +165,20 @@ def _prepare(config: TrainConfig, processes: Processes, store: Store, manifest: 
         channels_last=channels_last, autocast_dtype=autocast_dtype, trainables=trainables, criterion=loss,
         parameters=count_parameters(model),
     )  # fmt: skip
+
+
+def load_initial_weights(model: nn.Module, store: Store, config: TrainConfig) -> None:
+    """Copy the weights of the published model ``config.init_from`` into ``model`` (fine-tuning).
+
+    Raises:
+        ValueError: if that model is another architecture than the run trains.
+        ModelNotFoundError: if it is not published in ``store``.
+    """
+    ref = ModelRef.parse(str(config.init_from))
+    pretrained, card = load_model(store, ref.name, ref.version)
+    if card.architecture != config.model:
+        raise ValueError(f"init_from {config.init_from} is a {card.architecture} model; this run trains {config.model}")
+    model.load_state_dict(pretrained.state_dict())
 
 
 def autocast_dtype_for(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -201,6 +219,7 @@ def _announce(run: _Run, restored: TrainingState | None, log: Log) -> None:
             f"training {config.model} ({run.parameters:,} parameters) on {manifest.name}/{manifest.version} "
             f"({manifest.split_size('train')} training images) -> {run.prefix}, "
             f"{run.processes.world} process(es) on {device}"
+            + (f", starting from the weights of {config.init_from}" if config.init_from else "")
         )
         return
     log(f"resuming {run.prefix} at epoch {restored.epoch + 1} of {config.epochs}")
