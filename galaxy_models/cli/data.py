@@ -82,6 +82,14 @@ def ingest(
     seed: Annotated[int, typer.Option(help="seed of the stratified split")] = 0,
     samples_per_shard: Annotated[int, typer.Option(help="samples per WebDataset shard")] = 1000,
     workers: Annotated[int | None, typer.Option(help="image threads (default: 2 per core)")] = None,
+    pseudo_labels: Annotated[
+        str | None,
+        typer.Option(
+            help="catalog (CSV/Parquet: galaxy_id, predicted_class, confidence) labelling images with no "
+            "Table I class; they join the training split only"
+        ),
+    ] = None,
+    pseudo_min_confidence: Annotated[float, typer.Option(help="confidence a pseudo-label needs")] = 0.9,
     as_json: JsonOption = False,
 ) -> None:
     """Label, split, check, crop and shard a survey into a dataset version (no Prefect server needed)."""
@@ -91,7 +99,8 @@ def ingest(
 
     config = IngestConfig(
         images=images, labels=labels, store=store, name=name, seed=seed, samples_per_shard=samples_per_shard,
-        workers=workers or 2 * (os.cpu_count() or 1),
+        workers=workers or 2 * (os.cpu_count() or 1), pseudo_labels=pseudo_labels,
+        pseudo_min_confidence=pseudo_min_confidence,
     )  # fmt: skip
     result = run_ingest(config, progress=not as_json)
     manifest = result.manifest
@@ -104,6 +113,7 @@ def ingest(
     typer.echo(
         f"\n{c.images_listed} images listed: {c.sharded} sharded, {c.quarantined} quarantined, "
         f"{c.without_label} without a vote-table row, {c.without_class} without a Table I class"
+        + (f"; {c.pseudo_labelled} of the sharded are pseudo-labelled (training split)" if c.pseudo_labelled else "")
     )
     for entry in manifest.quarantine[:20]:
         typer.echo(f"  quarantined {entry.source_key}: {entry.reason}")

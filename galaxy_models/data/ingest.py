@@ -44,6 +44,7 @@ from galaxy_models.data.manifest import (
     dataset_prefix,
     parse_manifest,
 )
+from galaxy_models.data.pseudo import PseudoLabels, load_pseudo_labels
 from galaxy_models.data.splits import SPLITS, CrossValidation, SplitRatios, stratified_split
 from galaxy_models.data.writer import write_shards
 from galaxy_models.domain import CLASS_NAMES, Name, galaxy_id_from_key, is_name
@@ -103,15 +104,23 @@ class IngestConfig(BaseModel):
     survey: Literal["auto", "real", "synthetic"] = Field(
         "auto", description="kind of survey; auto: what a survey.json beside the vote table says, else real"
     )
+    pseudo_labels: str | None = Field(
+        None,
+        description="URI of a catalog (CSV or Parquet: galaxy_id, predicted_class, confidence) whose confident "
+        "predictions label images that match no Table I rule; those join the training split only",
+    )
+    pseudo_min_confidence: float = Field(0.9, gt=0, le=1, description="confidence a pseudo-label needs")
     workers: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256, description="threads")
 
     def content_settings(self) -> dict[str, Any]:
         """The settings that change the dataset's bytes (not where it comes from or how fast).
         ``cross_validation`` is left out when unset, so datasets ingested before it existed keep
         their versions."""
-        excluded = {"images", "labels", "store", "workers", "survey"}  # the manifest records the kind
+        excluded = {"images", "labels", "store", "workers", "survey", "pseudo_labels"}  # the table's hash counts
         if self.cross_validation is None:
             excluded.add("cross_validation")
+        if self.pseudo_labels is None:
+            excluded.add("pseudo_min_confidence")
         return self.model_dump(mode="json", exclude=excluded)
 
 
@@ -132,6 +141,7 @@ class JoinResult:
     quarantine: list[QuarantineEntry] = field(default_factory=list)
     without_label: list[str] = field(default_factory=list)
     without_class: list[str] = field(default_factory=list)
+    pseudo_labelled: pd.DataFrame = field(default_factory=pd.DataFrame)  # as candidates; train split only
     labels_without_image: list[str] = field(default_factory=list)
 
     def require_candidates(self, images_uri: str) -> None:
@@ -151,6 +161,7 @@ class SplitResult:
     quarantine: list[QuarantineEntry]
     converted_to_rgb: int
     channel_sums: np.ndarray  # sum of per-image channel means (3,) and of mean squares (3,)
+    pseudo_labelled: int = 0  # sharded images whose class is a pseudo-label
 
 
 def resolve_survey_kind(config: IngestConfig) -> SurveyKind:
@@ -177,12 +188,13 @@ def list_images(uri: str) -> list[str]:
     return open_store(uri).list()
 
 
-def join_labels_and_images(labels: LabelTable, image_keys: list[str]) -> JoinResult:
-    """Match image files to vote-table rows by GalaxyID (the file name without extension)."""
+def join_labels_and_images(labels: LabelTable, image_keys: list[str], pseudo: PseudoLabels | None = None) -> JoinResult:
+    """Match image files to vote-table rows by GalaxyID (the file name without extension). An image
+    whose votes match no Table I rule takes its class from ``pseudo`` if that has a confident one."""
     row_of = {gid: i for i, gid in enumerate(labels.votes[ID_COLUMN].astype(str))}
     result = JoinResult(candidates=pd.DataFrame(), images_listed=len(image_keys))
     first_key: dict[str, str] = {}
-    rows = []
+    rows, pseudo_rows = [], []
     for key in image_keys:
         gid = galaxy_id_from_key(key)
         if not is_name(gid):
@@ -203,20 +215,37 @@ def join_labels_and_images(labels: LabelTable, image_keys: list[str]) -> JoinRes
         row = row_of.get(gid)
         if row is None:
             result.without_label.append(key)
-        elif labels.classes[row] == NO_CLASS:
-            result.without_class.append(key)
-        else:
+        elif labels.classes[row] != NO_CLASS:
             rows.append((gid, key, int(labels.classes[row]), row))
-    result.candidates = pd.DataFrame(rows, columns=["galaxy_id", "source_key", "label", "row"])
+        elif pseudo is not None and gid in pseudo.classes:
+            pseudo_rows.append((gid, key, pseudo.classes[gid], row))
+        else:
+            result.without_class.append(key)
+    columns = ["galaxy_id", "source_key", "label", "row"]
+    result.candidates = pd.DataFrame(rows, columns=columns)
+    result.pseudo_labelled = pd.DataFrame(pseudo_rows, columns=columns).assign(pseudo=True)
     result.labels_without_image = sorted(set(row_of) - set(first_key))
     return result
 
 
-def dataset_version(config: IngestConfig, labels: LabelTable, image_keys: list[str]) -> str:
-    """A version name derived from the content: labels hash, image list and content settings."""
+def with_pseudo_labelled(train: pd.DataFrame, pseudo_labelled: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The training split with the pseudo-labelled images added, shuffled so shards mix them."""
+    if pseudo_labelled.empty:
+        return train
+    merged = pd.concat([train.assign(pseudo=False), pseudo_labelled], ignore_index=True)
+    return merged.sort_values("galaxy_id", kind="stable").sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def dataset_version(
+    config: IngestConfig, labels: LabelTable, image_keys: list[str], pseudo: PseudoLabels | None = None
+) -> str:
+    """A version name derived from the content: labels hash (and pseudo-label table's), image list
+    and content settings."""
     digest = hashlib.sha256()
     digest.update(json.dumps(config.content_settings(), sort_keys=True).encode())
     digest.update(labels.sha256.encode())
+    if pseudo is not None:
+        digest.update(b"pseudo:" + pseudo.sha256.encode())
     for key in image_keys:
         digest.update(key.encode() + b"\n")
     return "v" + digest.hexdigest()[:16]
@@ -227,9 +256,10 @@ def find_complete(store: Store, name: str, version: str) -> DatasetManifest | No
     return parse_manifest(store.read_bytes(key), store.url(key), name, version) if store.exists(key) else None
 
 
-def _prepare(
-    images: Store, config: IngestConfig, row: tuple[str, str, int, int]
-) -> tuple[tuple[str, str, int, int], PreparedImage | ImageRejected]:
+Candidate = tuple[str, str, int, int, bool]  # galaxy_id, source_key, label, vote-table row, pseudo-labelled
+
+
+def _prepare(images: Store, config: IngestConfig, row: Candidate) -> tuple[Candidate, PreparedImage | ImageRejected]:
     """One candidate image read, checked and cropped, or the reason it was refused."""
     try:
         return row, prepare_image(
@@ -243,9 +273,11 @@ def _prepare(
         return row, err
 
 
-def _sample(gid: str, label: int, source_uri: str, prepared: PreparedImage, votes: np.ndarray) -> dict[str, Any]:
-    """A WebDataset sample: the crop, its class, and what it came from."""
-    return {
+def _sample(
+    gid: str, label: int, source_uri: str, prepared: PreparedImage, votes: np.ndarray, pseudo: bool = False
+) -> dict[str, Any]:
+    """A WebDataset sample: the crop, its class, and what it came from (a pseudo-label says so)."""
+    sample = {
         "__key__": gid,
         "jpg": prepared.jpeg,
         "cls": label,
@@ -258,6 +290,9 @@ def _sample(gid: str, label: int, source_uri: str, prepared: PreparedImage, vote
             "votes": dict(zip(VOTE_COLUMNS, votes.round(9).tolist(), strict=True)),
         },
     }
+    if pseudo:
+        sample["json"]["label_source"] = "pseudo"  # type: ignore[index]
+    return sample
 
 
 T = TypeVar("T")
@@ -317,20 +352,24 @@ def shard_split(
     votes = labels.votes[list(VOTE_COLUMNS)].to_numpy(dtype=float)
 
     def samples() -> Iterator[dict[str, Any]]:
-        rows = list(members[["galaxy_id", "source_key", "label", "row"]].itertuples(index=False, name=None))
+        flagged = (
+            members.assign(pseudo=members["pseudo"].eq(True)) if "pseudo" in members else members.assign(pseudo=False)
+        )
+        rows = list(flagged[["galaxy_id", "source_key", "label", "row", "pseudo"]].itertuples(index=False, name=None))
         with (
             ThreadPoolExecutor(config.workers) as pool,
             progress_counter(total=len(rows), desc=f"ingest {split}", unit="img", enabled=progress) as bar,
         ):
             prepare, window = partial(_prepare, images, config), WINDOW_PER_WORKER * config.workers
-            for (gid, key, label, row), prepared in bounded_map(pool, prepare, rows, window):
+            for (gid, key, label, row, pseudo), prepared in bounded_map(pool, prepare, rows, window):
                 bar.update()
                 if isinstance(prepared, ImageRejected):
                     result.quarantine.append(QuarantineEntry(source_key=key, galaxy_id=gid, reason=prepared.reason))
                     continue
                 result.converted_to_rgb += prepared.source_mode != "RGB"
+                result.pseudo_labelled += bool(pseudo)
                 result.channel_sums += np.array([*prepared.channel_mean, *prepared.channel_sq_mean])
-                yield _sample(gid, label, images.url(key), prepared, votes[row])
+                yield _sample(gid, label, images.url(key), prepared, votes[row], pseudo=bool(pseudo))
 
     prefix = dataset_prefix(config.name, version)
     result.shards = write_shards(
@@ -346,6 +385,7 @@ def build_manifest(
     joined: JoinResult,
     results: list[SplitResult],
     survey: SurveyKind = "real",
+    pseudo: PseudoLabels | None = None,
 ) -> DatasetManifest:
     """Assemble the manifest; normalisation statistics come from the training split."""
     shards = [s for r in results for s in r.shards]
@@ -366,6 +406,7 @@ def build_manifest(
         without_class=len(joined.without_class),
         labels_without_image=len(joined.labels_without_image),
         converted_to_rgb=sum(r.converted_to_rgb for r in results),
+        pseudo_labelled=sum(r.pseudo_labelled for r in results),
     )
     if not counts.adds_up:
         raise RuntimeError(f"ingest counts do not add up: {counts.model_dump()}")
@@ -385,6 +426,7 @@ def build_manifest(
         counts=counts,
         quarantine=quarantine,
         survey=survey,
+        pseudo_labels_sha256=None if pseudo is None else pseudo.sha256,
     ).sealed()
 
 
@@ -412,19 +454,23 @@ def ingest(
     remove_stale_workdirs()
     survey = resolve_survey_kind(config)  # a bad survey.json stops the run before any work
     labels = steps.run("read-labels", load_labels, config.labels)
+    pseudo = None
+    if config.pseudo_labels is not None:
+        pseudo = steps.run("read-pseudo-labels", load_pseudo_labels, config.pseudo_labels, config.pseudo_min_confidence)
     image_keys = steps.run("list-images", list_images, config.images)
-    joined = steps.run("join", join_labels_and_images, labels, image_keys)
-    version = dataset_version(config, labels, image_keys)
+    joined = steps.run("join", join_labels_and_images, labels, image_keys, pseudo)
+    version = dataset_version(config, labels, image_keys, pseudo)
     existing = steps.run("find-complete", find_complete, store, config.name, version)
     if existing is not None:
         return IngestResult(existing, store.url(f"{existing.prefix}/{MANIFEST}"), created=False)
     joined.require_candidates(config.images)
     cv = config.cross_validation
     splits = steps.run("split", stratified_split, joined.candidates, config.split, config.seed, cross_validation=cv)
+    splits["train"] = with_pseudo_labelled(splits["train"], joined.pseudo_labelled, config.seed)
     results = [
         steps.run(f"write-{name}", shard_split, config, store, version, name, splits[name], labels, progress=progress)
         for name in SPLITS
     ]
-    manifest = build_manifest(config, version, labels, joined, results, survey)
+    manifest = build_manifest(config, version, labels, joined, results, survey, pseudo)
     manifest = steps.run("commit-manifest", commit_manifest, store, manifest)
     return IngestResult(manifest, store.url(f"{manifest.prefix}/{MANIFEST}"), created=True)

@@ -61,6 +61,7 @@ class IngestCounts(BaseModel):
     without_class: int
     labels_without_image: int
     converted_to_rgb: int
+    pseudo_labelled: int = 0  # of ``sharded``: images in the training split labelled by a model's catalog
 
     @property
     def adds_up(self) -> bool:
@@ -91,6 +92,7 @@ class DatasetManifest(BaseModel):
     counts: IngestCounts
     quarantine: list[QuarantineEntry]
     survey: Literal["real", "synthetic"] = Field("real", description="the kind of survey the images came from")
+    pseudo_labels_sha256: str | None = Field(None, description="sha256 of the pseudo-label catalog, if one was used")
     seal: str = Field("", description="'sha256:<hex>' or 'hmac-sha256:<hex>' of every other field")
 
     def sealed(self) -> DatasetManifest:
