@@ -19,6 +19,19 @@ spreads are printed beside them.
     .venv/bin/python benchmarks/train_real.py --cv 5 --model cs_resnet50 --image-size 64 --epochs 8 \\
         --batch-size 32 --workers 1 --option baseline --option balanced --option logit_adjusted
     (add --folds 0 1 to run some folds now and the rest later; finished runs are found, not redone)
+
+Options combine with ``+`` (``--option logit_adjusted+label_smoothing``). Two need more than settings:
+
+- ``pretrained``: fine-tune from a model pre-trained on a GalSim synthetic survey of
+  ``--pretrain-synthetic N`` galaxies for ``--pretrain-epochs`` epochs (rendered, ingested, trained
+  and published in the same store once; ``TrainConfig.init_from``).
+- ``pseudo``: add pseudo-labels to each fold's training split: the fold's ``--teacher`` variant
+  (trained first if needed) classifies the labelled-set images that match no Table I rule (2,419
+  here), and those predicted with calibrated confidence >= ``--pseudo-confidence`` join the training
+  split (``IngestConfig.pseudo_labels``); validation and test keep only volunteer labels.
+
+    .venv/bin/python benchmarks/train_real.py --cv 5 --folds 0 --model cs_resnet50 --image-size 64 \\
+        --epochs 8 --batch-size 32 --workers 1 --option logit_adjusted+pretrained --pretrain-synthetic 2000
 """
 
 from __future__ import annotations
@@ -31,10 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from galaxy_models.data.ingest import IngestConfig, ingest
+from galaxy_models.catalogs.manifest import read_catalog
+from galaxy_models.data.ingest import IngestConfig, ingest, join_labels_and_images, list_images, load_labels
 from galaxy_models.data.splits import CrossValidation
+from galaxy_models.inference.classify import classify_batch
+from galaxy_models.inference.config import ClassifyConfig
 from galaxy_models.metrics import Metrics, metrics_from_confusion, per_class_table, table_v, with_intervals
 from galaxy_models.storage import LocalStore
+from galaxy_models.synth.survey import SynthConfig, synthesize_survey
 from galaxy_models.training.config import TrainConfig
 from galaxy_models.training.pipeline import train_evaluate_publish
 
@@ -46,8 +63,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "balanced": {"class_weights": "balanced"},
     "logit_adjusted": {"loss": "logit_adjusted"},
     "label_smoothing": {"label_smoothing": 0.1},
+    "pretrained": {},  # init_from: the GalSim pre-trained model, filled in at run time
+    "pseudo": {},  # the dataset: the fold with pseudo-labels, chosen at run time
 }
 CIGAR = 2
+UNMATCHED_BATCH = "gz2-unmatched"  # incoming/ batch of the labelled-set images without a Table I class
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,10 +81,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--model", action="append", choices=MODELS, help=f"repeatable; default: {' and '.join(MODELS)}")
-    parser.add_argument("--option", action="append", choices=list(OPTIONS), help="repeatable; default: baseline")
+    parser.add_argument("--option", action="append", type=_option, help=f"repeatable, + combines; of {list(OPTIONS)}")
     parser.add_argument("--cv", type=int, default=None, metavar="K", help="stratified K-fold cross-validation")
     parser.add_argument("--folds", type=int, nargs="+", default=None, help="with --cv: only these folds (default all)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/out/train_real[_cvK].json)")
+    parser.add_argument("--pretrain-synthetic", type=int, default=2000, metavar="N", help="pretrained: galaxies")
+    parser.add_argument("--pretrain-epochs", type=int, default=8, help="pretrained: epochs on the synthetic survey")
+    parser.add_argument("--teacher", default="logit_adjusted", type=_option, help="pseudo: the teacher's option")
+    parser.add_argument("--pseudo-confidence", type=float, default=0.9, help="pseudo: confidence a label needs")
     args = parser.parse_args()
     args.model = args.model or list(MODELS)
     args.option = args.option or ["baseline"]
@@ -76,13 +100,89 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _option(text: str) -> str:
+    unknown = [part for part in text.split("+") if part not in OPTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown option(s) {unknown}; options: {list(OPTIONS)}")
+    return text
+
+
+def settings_of(option: str, model: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {"model": model}
+    for part in option.split("+"):
+        settings.update(OPTIONS[part])
+    return settings
+
+
 def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Run name (the model, with the option unless it is the baseline) -> TrainConfig settings."""
     return {
-        (model if option == "baseline" else f"{model}-{option}"): {"model": model, **OPTIONS[option]}
+        (model if option == "baseline" else f"{model}-{option}"): settings_of(option, model)
         for option in args.option
         for model in args.model
     }
+
+
+def uses(name: str, part: str) -> bool:
+    return part in name.split("-", 1)[-1].split("+")
+
+
+def pretrained_model(args: argparse.Namespace, store: LocalStore, model: str) -> str:
+    """``NAME@VERSION`` of ``model`` trained on a GalSim survey of ``--pretrain-synthetic`` galaxies
+    (rendered, ingested, trained and published once; found afterwards)."""
+    n = args.pretrain_synthetic
+    survey = f"galsim-pretrain-{n}"
+    raw = Path(args.store) / "raw" / survey
+    if not (raw / "labels.csv").is_file():
+        synthesize_survey(SynthConfig(store=store.uri, n=n, survey=survey, seed=1), progress=False)
+    config = IngestConfig(
+        images=str(raw / "images"), labels=str(raw / "labels.csv"), store=store.uri, name=survey,
+        samples_per_shard=500, survey="synthetic",
+    )  # fmt: skip
+    ingest(config, progress=False)
+    run = train_one(args, f"{model}-{survey}", {"model": model, "epochs": args.pretrain_epochs}, survey, args.seeds[0])
+    return f"{model}-{survey}@{run['version']}"
+
+
+def unmatched_batch(store: LocalStore) -> None:
+    """Copy the labelled-set images whose votes match no Table I rule to incoming/<UNMATCHED_BATCH>/."""
+    prefix = f"incoming/{UNMATCHED_BATCH}/"
+    present = set(store.list(prefix))
+    labels = load_labels(str(GZ2 / "training_solutions_rev1.csv"))
+    joined = join_labels_and_images(labels, list_images(str(GZ2 / "images")))
+    for key in joined.without_class:
+        if prefix + key not in present:
+            store.write_bytes(prefix + key, (GZ2 / "images" / key).read_bytes())
+
+
+def pseudo_dataset(args: argparse.Namespace, store: LocalStore, model: str, fold: int) -> str:
+    """The fold's dataset with pseudo-labels from the fold's teacher run (trained first if needed)."""
+    k, dataset = args.cv, f"gz2-cv{args.cv}-f{fold}"
+    teacher_name = model if args.teacher == "baseline" else f"{model}-{args.teacher}"
+    teacher = train_one(args, teacher_name, settings_of(args.teacher, model), dataset, args.seeds[0])
+    unmatched_batch(store)
+    classify = ClassifyConfig(
+        store=store.uri, model=f"{teacher_name}@{teacher['version']}", batch_size=64, engine="torch", workers=2
+    )
+    manifest, _ = classify_batch(classify, UNMATCHED_BATCH, progress=False)
+    catalog = read_catalog(store, manifest).to_pandas()[["galaxy_id", "predicted_class", "confidence"]]
+    path = Path(args.store) / "pseudo" / f"{teacher_name}-{teacher['version']}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    catalog.to_csv(path, index=False)
+    confident = catalog[catalog["confidence"] >= args.pseudo_confidence]
+    print(
+        f"fold {fold}: teacher {teacher_name}@{teacher['version']} labels {len(confident)} of {len(catalog)} "
+        f"unmatched images with confidence >= {args.pseudo_confidence}: "
+        f"{confident['predicted_class'].value_counts().sort_index().to_dict()}"
+    )
+    name = f"{dataset}-pseudo{round(100 * args.pseudo_confidence)}"
+    config = IngestConfig(
+        images=str(GZ2 / "images"), labels=str(GZ2 / "training_solutions_rev1.csv"), store=store.uri, name=name,
+        samples_per_shard=200, cross_validation=CrossValidation(folds=k, fold=fold), pseudo_labels=str(path),
+        pseudo_min_confidence=args.pseudo_confidence,
+    )  # fmt: skip
+    ingest(config, progress=False)
+    return name
 
 
 def ingest_gz2(store: LocalStore, name: str, cross_validation: CrossValidation | None = None) -> None:
@@ -104,7 +204,7 @@ def train_one(args: argparse.Namespace, name: str, settings: dict[str, Any], dat
     }  # fmt: skip
     config = TrainConfig(
         preset=args.preset or "paper", store=str(args.store), dataset=dataset, name=name, seed=seed,
-        workers=args.workers, **overrides, **settings,
+        workers=args.workers, **{**overrides, **settings},
     )  # fmt: skip
     outcome = train_evaluate_publish(config, progress=False)
     run, card = outcome.run, outcome.card
@@ -141,7 +241,12 @@ def cross_validate(args: argparse.Namespace, store: LocalStore) -> None:
         dataset = f"gz2-cv{k}-f{fold}"
         ingest_gz2(store, dataset, CrossValidation(folds=k, fold=fold))
         for name, settings in variants(args).items():
-            results[name].append({"fold": fold, **train_one(args, name, settings, dataset, args.seeds[0])})
+            data = dataset
+            if uses(name, "pretrained"):
+                settings = {**settings, "init_from": pretrained_model(args, store, settings["model"])}
+            if uses(name, "pseudo"):
+                data = pseudo_dataset(args, store, settings["model"], fold)
+            results[name].append({"fold": fold, **train_one(args, name, settings, data, args.seeds[0])})
             write_json(args, results)
     report_cv(results, args)
 
