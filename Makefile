@@ -52,8 +52,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The suite runs in two pytest processes. In one process of all ~450 tests, the process itself
+# segfaulted in the last training tests (3 of 3 runs on 2026-11-29; gdb: corrupted interpreter state
+# in plain Python calls, no thread of ours running); each half below, with the training tests, passes.
+# The cause is not found yet; see the closing note of issue 11.
+TEST_FIRST := tests/catalogs tests/cli tests/data tests/e2e tests/inference
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_FIRST)
+	$(BIN)/python -m pytest tests $(addprefix --ignore=,$(TEST_FIRST))
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache .ruff_cache .mypy_cache
