@@ -89,11 +89,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-epochs", type=int, default=8, help="pretrained: epochs on the synthetic survey")
     parser.add_argument("--teacher", default="logit_adjusted", type=_option, help="pseudo: the teacher's option")
     parser.add_argument("--pseudo-confidence", type=float, default=0.9, help="pseudo: confidence a label needs")
+    parser.add_argument(
+        "--teacher-ref", default=None, help="pseudo, one fold: this published NAME@VERSION is the teacher (not trained)"
+    )
     args = parser.parse_args()
     args.model = args.model or list(MODELS)
     args.option = args.option or ["baseline"]
     if args.cv is not None and len(args.seeds) != 1:
         parser.error("--cv takes one seed: the pooled bootstrap counts each galaxy once")
+    if args.teacher_ref is not None and (args.folds is None or len(args.folds) != 1):
+        parser.error("--teacher-ref names one fold's teacher: give exactly one --folds")
     if args.folds is not None and (args.cv is None or not set(args.folds) <= set(range(args.cv))):
         parser.error(f"--folds {args.folds} needs --cv K and folds between 0 and K-1")
     args.out = args.out or Path(f"benchmarks/out/train_real{'' if args.cv is None else f'_cv{args.cv}'}.json")
@@ -158,20 +163,25 @@ def unmatched_batch(store: LocalStore) -> None:
 def pseudo_dataset(args: argparse.Namespace, store: LocalStore, model: str, fold: int) -> str:
     """The fold's dataset with pseudo-labels from the fold's teacher run (trained first if needed)."""
     k, dataset = args.cv, f"gz2-cv{args.cv}-f{fold}"
-    teacher_name = model if args.teacher == "baseline" else f"{model}-{args.teacher}"
-    teacher = train_one(args, teacher_name, settings_of(args.teacher, model), dataset, args.seeds[0])
+    if args.teacher_ref is not None:
+        teacher_name, teacher_version = args.teacher_ref.split("@")
+    else:
+        teacher_name = model if args.teacher == "baseline" else f"{model}-{args.teacher}"
+        teacher_version = train_one(args, teacher_name, settings_of(args.teacher, model), dataset, args.seeds[0])[
+            "version"
+        ]
     unmatched_batch(store)
     classify = ClassifyConfig(
-        store=store.uri, model=f"{teacher_name}@{teacher['version']}", batch_size=64, engine="torch", workers=2
+        store=store.uri, model=f"{teacher_name}@{teacher_version}", batch_size=64, engine="torch", workers=2
     )
     manifest, _ = classify_batch(classify, UNMATCHED_BATCH, progress=False)
     catalog = read_catalog(store, manifest).to_pandas()[["galaxy_id", "predicted_class", "confidence"]]
-    path = Path(args.store) / "pseudo" / f"{teacher_name}-{teacher['version']}.csv"
+    path = Path(args.store) / "pseudo" / f"{teacher_name}-{teacher_version}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     catalog.to_csv(path, index=False)
     confident = catalog[catalog["confidence"] >= args.pseudo_confidence]
     print(
-        f"fold {fold}: teacher {teacher_name}@{teacher['version']} labels {len(confident)} of {len(catalog)} "
+        f"fold {fold}: teacher {teacher_name}@{teacher_version} labels {len(confident)} of {len(catalog)} "
         f"unmatched images with confidence >= {args.pseudo_confidence}: "
         f"{confident['predicted_class'].value_counts().sort_index().to_dict()}"
     )
