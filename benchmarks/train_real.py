@@ -120,16 +120,17 @@ def settings_of(option: str, model: str) -> dict[str, Any]:
 
 
 def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Run name (the model, with the option unless it is the baseline) -> TrainConfig settings."""
+    """Run name (the model, then the option's parts joined by '-', unless it is the baseline) -> settings."""
     return {
-        (model if option == "baseline" else f"{model}-{option}"): settings_of(option, model)
+        (model if option == "baseline" else f"{model}-{option.replace('+', '-')}"): settings_of(option, model)
         for option in args.option
         for model in args.model
     }
 
 
 def uses(name: str, part: str) -> bool:
-    return part in name.split("-", 1)[-1].split("+")
+    """Whether the variant ``name`` (``model-option1-option2``) includes the option ``part``."""
+    return part in name.split("-")[1:]
 
 
 def pretrained_model(args: argparse.Namespace, store: LocalStore, model: str) -> str:
