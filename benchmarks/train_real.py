@@ -113,7 +113,9 @@ def _option(text: str) -> str:
 
 
 def settings_of(option: str, model: str) -> dict[str, Any]:
-    settings: dict[str, Any] = {"model": model}
+    """Settings of ``option`` on top of plain cross-entropy (not the paper preset's loss), so that the
+    baseline is the paper's own protocol."""
+    settings: dict[str, Any] = {"model": model, "loss": "cross_entropy"}
     for part in option.split("+"):
         settings.update(OPTIONS[part])
     return settings
@@ -146,7 +148,8 @@ def pretrained_model(args: argparse.Namespace, store: LocalStore, model: str) ->
         samples_per_shard=500, survey="synthetic",
     )  # fmt: skip
     ingest(config, progress=False)
-    run = train_one(args, f"{model}-{survey}", {"model": model, "epochs": args.pretrain_epochs}, survey, args.seeds[0])
+    settings = {**settings_of("baseline", model), "epochs": args.pretrain_epochs}
+    run = train_one(args, f"{model}-{survey}", settings, survey, args.seeds[0])
     return f"{model}-{survey}@{run['version']}"
 
 

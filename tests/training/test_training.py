@@ -35,6 +35,8 @@ def _copy(source: Path, tmp_path: Path, name: str = "store") -> Path:
 def test_presets_fill_only_what_is_not_given() -> None:
     paper = TrainConfig(preset="paper")
     assert (paper.epochs, paper.batch_size, paper.lr, paper.image_size) == (100, 128, 0.01, 224)
+    assert paper.loss == "logit_adjusted"  # the cross-validated winner (benchmarks/RESULTS.md)
+    assert TrainConfig(preset="paper", loss="cross_entropy").loss == "cross_entropy"  # the paper's own
     smoke = TrainConfig(preset="smoke", epochs=3)
     assert (smoke.model, smoke.epochs, smoke.image_size) == ("cs_resnet_tiny", 3, 64)
     with pytest.raises(ValidationError, match="preset"):
