@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Table IV: 100 epochs, learning rate 0.01, batch 128, "regularisation" (weight decay here), 224 crops.
     # The promotion floor: the paper reports macro-F1 0.84; a model far below it is not served.
     # The loss is the one departure from the paper: the logit-adjusted loss won the cross-validated
-    # comparison on macro-F1 and cigar recall on each fold run (benchmarks/RESULTS.md); the paper's own
+    # comparison on macro-F1 and cigar recall on all 5 folds (benchmarks/RESULTS.md); the paper's own
     # plain cross-entropy is ``loss="cross_entropy"``.
     "paper": {
         "epochs": 100,
