@@ -277,22 +277,17 @@ def _sample(
     gid: str, label: int, source_uri: str, prepared: PreparedImage, votes: np.ndarray, pseudo: bool = False
 ) -> dict[str, Any]:
     """A WebDataset sample: the crop, its class, and what it came from (a pseudo-label says so)."""
-    sample = {
-        "__key__": gid,
-        "jpg": prepared.jpeg,
-        "cls": label,
-        "json": {
-            "galaxy_id": gid,
-            "class": label,
-            "class_name": CLASS_NAMES[label],
-            "source_key": source_uri,
-            "source_mode": prepared.source_mode,
-            "votes": dict(zip(VOTE_COLUMNS, votes.round(9).tolist(), strict=True)),
-        },
+    metadata: dict[str, Any] = {
+        "galaxy_id": gid,
+        "class": label,
+        "class_name": CLASS_NAMES[label],
+        "source_key": source_uri,
+        "source_mode": prepared.source_mode,
+        "votes": dict(zip(VOTE_COLUMNS, votes.round(9).tolist(), strict=True)),
     }
     if pseudo:
-        sample["json"]["label_source"] = "pseudo"  # type: ignore[index]
-    return sample
+        metadata["label_source"] = "pseudo"
+    return {"__key__": gid, "jpg": prepared.jpeg, "cls": label, "json": metadata}
 
 
 T = TypeVar("T")
@@ -352,9 +347,7 @@ def shard_split(
     votes = labels.votes[list(VOTE_COLUMNS)].to_numpy(dtype=float)
 
     def samples() -> Iterator[dict[str, Any]]:
-        flagged = (
-            members.assign(pseudo=members["pseudo"].eq(True)) if "pseudo" in members else members.assign(pseudo=False)
-        )
+        flagged = members.assign(pseudo=members["pseudo"].eq(True) if "pseudo" in members else False)
         rows = list(flagged[["galaxy_id", "source_key", "label", "row", "pseudo"]].itertuples(index=False, name=None))
         with (
             ThreadPoolExecutor(config.workers) as pool,

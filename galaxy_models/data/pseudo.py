@@ -27,11 +27,9 @@ MAX_TABLE_BYTES = 512 * 1024 * 1024
 class PseudoLabels:
     """The confident predictions of one catalog file."""
 
-    classes: dict[str, int]  # galaxy_id -> predicted class, confidence >= min_confidence
-    uri: str
+    classes: dict[str, int]  # galaxy_id -> predicted class, confidence >= the minimum asked for
     sha256: str
     rows: int  # rows in the file, confident or not
-    min_confidence: float
 
 
 def load_pseudo_labels(uri: str, min_confidence: float) -> PseudoLabels:
@@ -77,4 +75,4 @@ def load_pseudo_labels(uri: str, min_confidence: float) -> PseudoLabels:
         raise ValueError(f"pseudo-label catalog {uri}: confidence {value:g} of {gid} is not in [0, 1]")
     keep = confidence >= min_confidence
     chosen = dict(zip(ids[keep], classes[keep].astype(int), strict=True))
-    return PseudoLabels(chosen, uri, hashlib.sha256(data).hexdigest(), rows, min_confidence)
+    return PseudoLabels(chosen, hashlib.sha256(data).hexdigest(), rows)
