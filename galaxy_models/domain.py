@@ -22,6 +22,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_RULE = "letters, digits, '_' and '-' (at most 64, not first)"
 
 
+LOW_CONFIDENCE = 0.5  # default threshold: a row whose top probability is below it is flagged low_confidence
+
+
 class Flag(StrEnum):
     """What a catalog row says about its classification."""
 

@@ -56,13 +56,17 @@ def test_classifying_a_survey_of_the_other_kind_warns(root: Path) -> None:
     )
     report = classify_pending(config, progress=False, log=logged.append)
     manifests = {r.manifest.batch_id: r.manifest for r in report.batches}
-    (warning,) = manifests["real-batch"].warnings
+
+    def lineage(warnings: list[str]) -> list[str]:  # the one-epoch model's batches may drift too
+        return [w for w in warnings if "drifts from the training data" not in w]
+
+    (warning,) = lineage(manifests["real-batch"].warnings)
     assert "trained on a synthetic survey but batch real-batch is real" in warning
-    assert manifests["synthetic-batch-002"].warnings == []
-    assert logged == [f"warning: {warning}"]
+    assert lineage(manifests["synthetic-batch-002"].warnings) == []
+    assert lineage(logged) == [f"warning: {warning}"]
     rows = {row["batch"]: row for row in classify_rows(list(manifests.values()))}
-    assert rows["real-batch"]["warnings"] == warning
-    assert "warnings" not in rows["synthetic-batch-002"]
+    assert warning in rows["real-batch"]["warnings"]
+    assert "synthetic survey" not in rows["synthetic-batch-002"].get("warnings", "")
 
 
 def test_no_warning_when_the_kinds_agree_or_the_card_predates_lineage() -> None:

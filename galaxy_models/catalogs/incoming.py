@@ -20,6 +20,10 @@ class BatchNotFoundError(KeyNotFoundError):
     """No such batch under incoming/, or one without images."""
 
 
+class GalaxyNotFoundError(KeyNotFoundError):
+    """A galaxy ID that the catalogs (or incoming batches) asked about do not hold."""
+
+
 @dataclass(frozen=True)
 class SkippedBatch:
     """A folder under incoming/ that is not a batch, and why."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from galaxy_models.catalogs.drift import BatchDrift
+from galaxy_models.catalogs.objects import ObjectsReport
 from galaxy_models.catalogs.schema import CATALOG_SCHEMA
+from galaxy_models.domain import LOW_CONFIDENCE
 from galaxy_models.storage import KeyNotFoundError, Store
 
 
@@ -37,6 +40,9 @@ class CatalogPlan(BaseModel):
     source_keys: list[str]
     part_size: int
     tta: bool = False  # test-time augmentation: decides the rows, so fixed here (older plans: off)
+    low_confidence: float = LOW_CONFIDENCE  # rows below this top probability are flagged low_confidence
+    embeddings: bool = False  # whether rows carry the model's PCA embedding (inference.embeddings)
+    objects_sha256: str | None = None  # the batch's sidecar table (catalogs.objects) that every part joins
 
     def parts(self) -> list[list[str]]:
         keys = self.source_keys
@@ -60,6 +66,10 @@ class CatalogManifest(BaseModel):
     classes: dict[str, int]
     tta: bool = False  # whether the probabilities average the 8 dihedral views
     warnings: list[str] = []  # e.g. lineage: a model trained on a synthetic survey classifying a real one
+    low_confidence: float = LOW_CONFIDENCE
+    embeddings: bool = False
+    objects: ObjectsReport | None = None  # the sidecar that was joined, and its rejected rows
+    drift: BatchDrift | None = None  # class shares and confidence against the training data (catalogs.drift)
     created_at: datetime
 
 
@@ -132,9 +142,14 @@ def commit_catalog(
     model_card: str,
     created_at: datetime,
     warnings: Sequence[str] = (),
+    *,
+    objects: ObjectsReport | None = None,
+    assess_drift: Callable[[pa.Table], BatchDrift] | None = None,
 ) -> tuple[CatalogManifest, bool]:
     """Check the parts add up to the plan, then write the manifest if no run has. Returns the
-    manifest in force and whether this call wrote it.
+    manifest in force and whether this call wrote it. ``objects`` (the sidecar's report) goes into
+    the manifest; ``assess_drift`` turns the batch's rows into its drift record, and a drifted batch
+    gets a warning.
 
     Raises:
         ValueError: if the parts do not hold exactly one row per planned image.
@@ -147,6 +162,11 @@ def commit_catalog(
             f"catalog {plan.batch_id}/{plan.model_version}: parts hold {len(keys)} rows for "
             f"{len(plan.source_keys)} planned images"
         )
+    drift = assess_drift(table) if assess_drift is not None else None
+    if drift is not None and drift.drifted:
+        warnings = [*warnings, f"batch {plan.batch_id} drifts from the training data: {'; '.join(drift.reasons)}"]
+    if objects is not None and objects.problems:
+        warnings = [*warnings, f"{objects.source}: {objects.problems} row(s) rejected (manifest: objects)"]
     manifest = CatalogManifest(
         batch_id=plan.batch_id,
         model_name=plan.model_name,
@@ -158,6 +178,10 @@ def commit_catalog(
         classes=_counts([str(c) for c in table.column("predicted_class").to_pylist() if c is not None]),
         tta=plan.tta,
         warnings=list(warnings),
+        low_confidence=plan.low_confidence,
+        embeddings=plan.embeddings,
+        objects=objects,
+        drift=drift,
         created_at=created_at,
     )
     key = f"{catalog_prefix(plan.batch_id, plan.model_version)}/_manifest.json"

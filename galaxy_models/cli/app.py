@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -113,6 +114,18 @@ def existing_store(uri: str) -> Store:
         raise UserError(
             f"{err}; give --store (or GALAXY_STORE) the directory or s3:// URI that synth or ingest wrote"
         ) from err
+
+
+def png_out(out: Path, example: str) -> Path:
+    """``out`` checked as the PNG file a command writes: not a directory, a ``.png`` name, in a folder
+    that exists (``example``: a file name to suggest)."""
+    if out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a directory; give a file name, e.g. {str(out / example)!r}")
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {str(out)!r} is not a .png file name; the figure is written as PNG")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    return out
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from galaxy_models.cli.app import JsonOption, StoreOption, app, catalog_app, echo_err, existing_store, table
+from galaxy_models.cli.app import (
+    JsonOption,
+    StoreOption,
+    app,
+    catalog_app,
+    echo_err,
+    existing_store,
+    png_out,
+    table,
+)
+
+if TYPE_CHECKING:
+    from galaxy_models.catalogs.drift import BatchDrift
 
 ModelOption = Annotated[str, typer.Option(help="NAME or NAME@VERSION (default version: production)")]
 
@@ -27,6 +40,12 @@ def classify(
         bool,
         typer.Option("--tta", help="average the 8 rotated and mirrored views of each image (about 8x the compute)"),
     ] = False,
+    embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--embeddings", help="store each galaxy's 64-number embedding (PCA of the pooled features) for `similar`"
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Classify survey batches into catalogs/<batch_id>/<model_version>/ (Parquet parts + manifest)."""
@@ -37,7 +56,7 @@ def classify(
 
     config = ClassifyConfig(
         store=store, model=model, batches=tuple(batch) if batch else None, batch_size=batch_size, workers=workers,
-        device=device, engine=engine, tta=tta,
+        device=device, engine=engine, tta=tta, embeddings=embeddings,
     )  # fmt: skip
     target = existing_store(store)
     card = resolve(target, config.ref)  # an unknown model or one without production is told before torch loads
@@ -55,10 +74,10 @@ def classify(
         return
     rows = [
         [r.manifest.batch_id, str(r.manifest.rows), *(str(r.manifest.flags.get(f, 0)) for f in FLAGS),
-         "written" if r.committed else "already there"]
+         _drift_cell(r.manifest.drift), "written" if r.committed else "already there"]
         for r in report.batches
     ]  # fmt: skip
-    headers = ["batch", "rows", *(f.replace("_", " ") for f in FLAGS), "catalog"]
+    headers = ["batch", "rows", *(f.replace("_", " ") for f in FLAGS), "drift (JS)", "catalog"]
     typer.echo(table(headers, rows))
     views = {"8 dihedral views (TTA)" if r.manifest.tta else "one view" for r in report.batches}
     typer.echo(
@@ -67,17 +86,32 @@ def classify(
     )
 
 
+def _drift_cell(drift: BatchDrift | None) -> str:
+    if drift is None:
+        return "-"
+    return f"{drift.js_divergence:.3f}" + (" DRIFTED" if drift.drifted else "")
+
+
 @catalog_app.command("export")
 def catalog_export(
     store: StoreOption,
     format: Annotated[
-        str | None, typer.Option(help="csv or parquet (default: from --out's extension, else parquet)")
+        str | None,
+        typer.Option(help="csv, parquet, fits or votable (default: from --out's extension, else parquet)"),
     ] = None,
-    out: Annotated[str | None, typer.Option(help="local path or s3:// URI (default: exports/ in the store)")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="local path or s3:// URI (default: exports/ in the store); .csv, .parquet/.pq, "
+            ".fits/.fit/.fts (.gz: gzip-compressed), .vot/.votable/.xml; the figure: that name with .png instead"
+        ),
+    ] = None,
     model: ModelOption = "cs_resnet50",
     as_json: JsonOption = False,
 ) -> None:
-    """Merge every batch's catalog for one model version into one CSV or Parquet file (+ a PNG)."""
+    """Merge every batch's catalog for one model version into one CSV, Parquet, FITS or VOTable file,
+    and a PNG beside it (exports/demo.csv -> exports/demo.png). CSV leaves out the embedding column;
+    FITS and VOTable carry units, column descriptions and the model, its version and temperature."""
     from galaxy_models.catalogs.export import ExportConfig, export_catalogs
 
     config = ExportConfig(store=store, format=format, out=out, model=model)
@@ -90,3 +124,39 @@ def catalog_export(
     rows += [[f"flag {flag}", str(n)] for flag, n in summary.flags.items()]
     typer.echo(table(["class", "galaxies"], rows))
     typer.echo(f"{summary.rows} rows from {len(summary.batches)} batch(es) -> {summary.out} (figure: {summary.figure})")
+    if summary.left_out:
+        typer.echo(f"left out (the format cannot hold them): {', '.join(summary.left_out)}")
+
+
+@app.command()
+def similar(
+    store: StoreOption,
+    galaxy: Annotated[str, typer.Option(help="the galaxy id to start from")],
+    k: Annotated[int, typer.Option(min=1, help="how many galaxies to return, the galaxy itself first")] = 12,
+    model: ModelOption = "cs_resnet50",
+    out: Annotated[Path | None, typer.Option(help="also draw them as a gallery into this PNG file")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The galaxies nearest to one galaxy in embedding space, across every catalog of a model version
+    (classify --embeddings first)."""
+    from galaxy_models.catalogs.similarity import embedded_catalog, gallery_png, nearest
+    from galaxy_models.domain import ModelRef
+    from galaxy_models.registry.cards import resolve
+
+    target = existing_store(store)
+    if out is not None:
+        png_out(out, f"{galaxy}-similar.png")
+    card = resolve(target, ModelRef.parse(model))
+    neighbours = nearest(embedded_catalog(target, card.name, card.version), galaxy, k)
+    if out is not None:
+        title = f"nearest to galaxy {galaxy} ({card.name}/{card.version})"
+        out.write_bytes(gallery_png(target, neighbours, title, crop_size=card.preprocessing.crop_size))
+    if as_json:
+        typer.echo(json.dumps([n.model_dump() for n in neighbours]))
+        return
+    rows = [
+        [n.galaxy_id, n.batch_id, n.predicted_label, f"{n.confidence:.3f}", f"{n.distance:.3f}"] for n in neighbours
+    ]
+    typer.echo(table(["galaxy", "batch", "class", "confidence", "distance"], rows))
+    if out is not None:
+        typer.echo(f"gallery: {out}")

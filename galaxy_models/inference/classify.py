@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from galaxy_models.catalogs.drift import BatchDrift, batch_drift, drift_reference
 from galaxy_models.catalogs.incoming import (
     INCOMING,
     SkippedBatch,
@@ -41,16 +42,18 @@ from galaxy_models.catalogs.manifest import (
     read_catalog_manifest,
     write_part,
 )
-from galaxy_models.catalogs.schema import PROBABILITY_COLUMNS, catalog_rows
+from galaxy_models.catalogs.objects import BatchObjects, objects_sha256, read_objects
+from galaxy_models.catalogs.schema import EMBEDDING_SIZE, PROBABILITY_COLUMNS, catalog_rows
 from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES, ImageRejected, crop_image, read_image_bytes
 from galaxy_models.domain import galaxy_id_from_key, is_name
 from galaxy_models.inference.config import ClassifyConfig, EngineName
+from galaxy_models.inference.embeddings import Projection, WithFeatures, load_projection
 from galaxy_models.inference.engines import Engine, create_engine
-from galaxy_models.inference.probabilities import card_temperature, class_probabilities
+from galaxy_models.inference.probabilities import DIHEDRAL_VIEWS, card_temperature, class_probabilities
 from galaxy_models.lineage import lineage_warning, survey_kind
 from galaxy_models.models.preprocessing import to_model_input
 from galaxy_models.progress import progress_counter
-from galaxy_models.registry.cards import ModelCard, model_prefix, resolve
+from galaxy_models.registry.cards import ModelCard, model_prefix, read_card, resolve
 from galaxy_models.registry.weights import load_model
 from galaxy_models.steps import IN_PROCESS, Steps
 from galaxy_models.storage import KeyNotFoundError, Store, open_store
@@ -73,12 +76,20 @@ _ENGINE_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _cached_engine(
-    store_uri: str, name: str, version: str, device: str, engine: EngineName
+    store_uri: str, name: str, version: str, device: str, engine: EngineName, embeddings: bool = False
 ) -> tuple[Engine, ModelCard]:
     """One compiled copy of a model per process (a Dask worker runs many parts); callers hold
-    ``_ENGINE_LOCK`` so that threads classifying at once build it once."""
+    ``_ENGINE_LOCK`` so that threads classifying at once build it once. With ``embeddings`` the
+    engine returns the logits followed by the pooled features (``embeddings.WithFeatures``)."""
     model, card = load_model(open_store(store_uri), name, version)
-    return create_engine(model, torch.device(device), card.preprocessing.input_size, engine), card
+    network = WithFeatures(model) if embeddings else model
+    return create_engine(network, torch.device(device), card.preprocessing.input_size, engine), card
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_projection(store_uri: str, name: str, version: str) -> Projection:
+    store = open_store(store_uri)
+    return load_projection(store, read_card(store, name, version))
 
 
 @dataclass
@@ -121,6 +132,15 @@ def _decoded_batches(
             yield batch
 
 
+def _logits_keeping_features(
+    engine: Engine, classes: int, features: list[torch.Tensor], inputs: torch.Tensor
+) -> torch.Tensor:
+    """The logits of a ``WithFeatures`` engine's output; its pooled features are appended to ``features``."""
+    out = engine(inputs)
+    features.append(out[:, classes:])
+    return out[:, :classes]
+
+
 def classify_images(
     store: Store,
     batch_id: str,
@@ -134,37 +154,61 @@ def classify_images(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     tta: bool = False,
     progress: Callable[[int], object] | None = None,
+    objects: BatchObjects | None = None,
+    projection: Projection | None = None,
 ) -> pa.Table:
     """Catalog rows for ``keys`` (one per key, in order). Probabilities are softmax(logits / T) with the
-    card's temperature; with ``tta``, averaged over the 8 dihedral views (``probabilities``)."""
-    preprocessing = card.preprocessing
-    temperature = card_temperature(card)
+    card's temperature; with ``tta``, averaged over the 8 dihedral views (``probabilities``).
+    ``objects``: the batch's sidecar, joined on galaxy id. ``projection``: the engine returns logits
+    and pooled features (``WithFeatures``), and each row gets its projected embedding (with ``tta``,
+    of the features averaged over the views)."""
     source_keys: list[str] = []
     reasons: list[str | None] = []
     missing: list[bool] = []
     probabilities: list[np.ndarray] = []
-    for batch in _decoded_batches(store, keys, preprocessing.crop_size, batch_size, workers, max_image_bytes):
-        good = [d for d in batch if d.pixels is not None]
-        p = np.full((len(batch), len(PROBABILITY_COLUMNS)), np.nan, dtype=np.float32)
-        if good:
-            images = torch.from_numpy(np.stack([d.pixels for d in good])).permute(0, 3, 1, 2)  # type: ignore[misc]
-            with torch.inference_mode():
-                inputs = to_model_input(images, preprocessing, engine.device, engine.channels_last)
-                good_p = class_probabilities(
-                    engine, inputs, temperature=temperature, tta=tta, channels_last=engine.channels_last
-                )
-            p[[i for i, d in enumerate(batch) if d.pixels is not None]] = good_p.numpy()
+    embeddings: list[np.ndarray] = []
+    crop_size = card.preprocessing.crop_size
+    for batch in _decoded_batches(store, keys, crop_size, batch_size, workers, max_image_bytes):
+        p, e = _infer(engine, card, batch, tta, projection)
         probabilities.append(p)
+        embeddings.append(e)
         source_keys += [d.key for d in batch]
         reasons += [d.reason for d in batch]
         missing += [d.missing for d in batch]
         if progress:
             progress(len(batch))
     p_all = np.concatenate(probabilities) if probabilities else np.zeros((0, len(PROBABILITY_COLUMNS)), np.float32)
+    e_all = np.concatenate(embeddings) if embeddings else np.zeros((0, EMBEDDING_SIZE), np.float32)
     return catalog_rows(
         batch_id, source_keys, reasons, p_all,
         model_name=card.name, model_version=card.version, low_confidence=low_confidence, missing=missing,
+        objects=objects.table if objects is not None else None,
+        embeddings=e_all if projection is not None else None,
     )  # fmt: skip
+
+
+def _infer(
+    engine: Engine, card: ModelCard, batch: list[_Decoded], tta: bool, projection: Projection | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, embeddings) of a decoded batch, NaN rows where an image has no pixels."""
+    classes = len(PROBABILITY_COLUMNS)
+    p = np.full((len(batch), classes), np.nan, dtype=np.float32)
+    e = np.full((len(batch), EMBEDDING_SIZE), np.nan, dtype=np.float32)
+    rows = [i for i, d in enumerate(batch) if d.pixels is not None]
+    if not rows:
+        return p, e
+    images = torch.from_numpy(np.stack([batch[i].pixels for i in rows])).permute(0, 3, 1, 2)  # type: ignore[misc]
+    features: list[torch.Tensor] = []
+    forward = functools.partial(_logits_keeping_features, engine, classes, features) if projection else engine
+    with torch.inference_mode():
+        inputs = to_model_input(images, card.preprocessing, engine.device, engine.channels_last)
+        p[rows] = class_probabilities(
+            forward, inputs, temperature=card_temperature(card), tta=tta, channels_last=engine.channels_last
+        ).numpy()
+    if projection is not None:
+        pooled = features[0].view(DIHEDRAL_VIEWS if tta else 1, len(rows), -1).mean(dim=0)
+        e[rows] = projection.transform(pooled.numpy())
+    return p, e
 
 
 def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progress: bool = True) -> CatalogPart:
@@ -176,12 +220,16 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progres
     keys = plan.parts()[index]
     device = device_for(config)
     with _ENGINE_LOCK:
-        engine, card = _cached_engine(store.uri, plan.model_name, plan.model_version, str(device), config.engine)
+        engine, card = _cached_engine(
+            store.uri, plan.model_name, plan.model_version, str(device), config.engine, plan.embeddings
+        )
+        projection = _cached_projection(store.uri, plan.model_name, plan.model_version) if plan.embeddings else None
+    objects = plan_objects(store, plan)
     with progress_counter(total=len(keys), desc=f"{plan.batch_id} part {index}", unit="img", enabled=progress) as bar:
         table = classify_images(
             store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,
-            workers=config.workers, low_confidence=config.low_confidence, max_image_bytes=config.max_image_bytes,
-            tta=plan.tta, progress=bar.update,
+            workers=config.workers, low_confidence=plan.low_confidence, max_image_bytes=config.max_image_bytes,
+            tta=plan.tta, progress=bar.update, objects=objects, projection=projection,
         )  # fmt: skip
     return write_part(store, key, table)
 
@@ -195,15 +243,38 @@ def plan_batch(store: Store, config: ClassifyConfig, card: ModelCard, batch_id: 
     plan = CatalogPlan(
         batch_id=batch_id, model_name=card.name, model_version=card.version,
         source_keys=require_images(store, batch_id), part_size=config.part_size, tta=config.tta,
+        low_confidence=config.low_confidence, embeddings=config.embeddings,
+        objects_sha256=objects_sha256(store, batch_id),
     )  # fmt: skip
     return fix_plan(store, plan)
 
 
+def plan_objects(store: Store, plan: CatalogPlan) -> BatchObjects | None:
+    """The sidecar table the plan fixed (``catalogs.objects``), checked against the planned images."""
+    if plan.objects_sha256 is None:
+        return None
+    ids = [galaxy_id_from_key(k) for k in plan.source_keys]
+    return read_objects(store, plan.batch_id, ids, expected_sha256=plan.objects_sha256)
+
+
 def commit(
-    store: Store, plan: CatalogPlan, parts: Sequence[CatalogPart], warnings: Sequence[str] = ()
+    store: Store, config: ClassifyConfig, plan: CatalogPlan, parts: Sequence[CatalogPart], warnings: Sequence[str] = ()
 ) -> tuple[CatalogManifest, bool]:
+    """Write the batch's manifest: its parts, the sidecar's report and the batch's drift (``catalogs.drift``)."""
+    card = read_card(store, plan.model_name, plan.model_version)
+    reference = drift_reference(store, card)
+    objects = plan_objects(store, plan)
+
+    def assess(table: pa.Table) -> BatchDrift:
+        return batch_drift(
+            table, reference, js_threshold=config.drift_threshold, confidence_threshold=config.confidence_drop
+        )
+
     card_uri = store.url(f"{model_prefix(plan.model_name, plan.model_version)}/card.json")
-    return commit_catalog(store, plan, parts, card_uri, datetime.now(UTC), warnings)
+    return commit_catalog(
+        store, plan, parts, card_uri, datetime.now(UTC), warnings,
+        objects=objects.report if objects is not None else None, assess_drift=assess,
+    )  # fmt: skip
 
 
 def batch_warnings(store: Store, card: ModelCard, batch_id: str) -> list[str]:
@@ -258,11 +329,17 @@ def classify_batch(
         return existing, False
     plan = steps.run("plan-batch", plan_batch, store, config, card, batch_id)
     warnings = batch_warnings(store, card, batch_id)
-    if plan.tta != config.tta:  # an earlier, killed run planned this catalog: its plan decides the rows
-        warnings.append(f"batch {batch_id} was planned with tta={plan.tta} by an earlier run; tta={config.tta} ignored")
+    for setting in ("tta", "embeddings", "low_confidence"):  # an earlier, killed run's plan decides the rows
+        if getattr(plan, setting) != getattr(config, setting):
+            warnings.append(
+                f"batch {batch_id} was planned with {setting}={getattr(plan, setting)} by an earlier run; "
+                f"{setting}={getattr(config, setting)} ignored"
+            )
+    if plan.embeddings:  # fitted once, here, before parts run in parallel
+        steps.run("embedding-projection", load_projection, store, card)
     calls = [(config, plan, i, progress) for i in range(len(plan.parts()))]
     parts = steps.map("classify-part", classify_part, calls)
-    return steps.run("commit", commit, store, plan, parts, warnings)
+    return steps.run("commit", commit, store, config, plan, parts, warnings)
 
 
 def classify_pending(

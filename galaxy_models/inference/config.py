@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from galaxy_models.catalogs.drift import DEFAULT_CONFIDENCE_DROP, DEFAULT_JS_THRESHOLD
 from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES
-from galaxy_models.domain import ModelRef, ModelRefText, check_name
+from galaxy_models.domain import LOW_CONFIDENCE, ModelRef, ModelRefText, check_name
 
 EngineName = Literal["auto", "torch", "openvino"]
 
@@ -29,12 +30,28 @@ class ClassifyConfig(BaseModel):
     max_image_bytes: int = Field(
         DEFAULT_MAX_IMAGE_BYTES, ge=1, description="larger image files get an unreadable row, unread"
     )
-    low_confidence: float = Field(0.5, ge=0, le=1, description="flag rows whose top probability is below this")
+    low_confidence: float = Field(
+        LOW_CONFIDENCE, ge=0, le=1, description="flag rows whose top probability is below this"
+    )
     tta: bool = Field(
         False,
         description="test-time augmentation: average the 8 rotated and mirrored views of each image "
         "(one forward pass of 8 x batch_size images: about 8x the compute)",
     )
+    embeddings: bool = Field(
+        False,
+        description="store each galaxy's pooled features, projected to 64 numbers by a PCA fitted on the model's "
+        "training split, in the catalog's embedding column (for similarity search)",
+    )
+    drift_threshold: float = Field(
+        DEFAULT_JS_THRESHOLD, ge=0, le=1,
+        description="flag a batch whose predicted class shares diverge from the training split's by more "
+        "than this Jensen-Shannon divergence (bits)",
+    )  # fmt: skip
+    confidence_drop: float = Field(
+        DEFAULT_CONFIDENCE_DROP, ge=0, le=1,
+        description="flag a batch whose mean confidence is this much below the validation split's",
+    )  # fmt: skip
     runner: Literal["default", "dask"] = Field("default", description="dask: parts run on a Dask cluster")
     dask_address: str | None = Field(None, description="scheduler address; None: a LocalCluster on this host")
     dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes")

@@ -48,7 +48,7 @@ def test_an_image_added_after_the_catalog_is_reported_not_in_it(root: Path) -> N
     assert again.batches[0].manifest == catalog
     assert again.late == {BATCH: [key]}
     assert again.summary()["not_in_catalog"] == {BATCH: 1}
-    (line,) = warnings
+    (line,) = [w for w in warnings if "arrived after" in w]  # the tiny model's drift warning may come too
     assert f"incoming/{BATCH}/" in line
     assert key in line
     assert "new batch" in line
