@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clicheck import mistake
 from typer.testing import CliRunner
 
 from galaxy_models.cli import app
@@ -21,60 +22,51 @@ runner = CliRunner()
 MODEL = "cs_resnet_tiny"
 
 
-def _mistake(args: list[str], *expected: str, env: dict[str, str] | None = None) -> str:
-    """Run the command line; check exit status 2 and one line on stderr holding every ``expected``."""
-    result = runner.invoke(app, args, env=env)
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for text in expected:
-        assert text in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    assert "pydantic.dev" not in result.output
-    return lines[0]
-
-
 def test_unknown_architecture_lists_the_known_ones_before_torchrun(synthetic_dataset: Path) -> None:
-    _mistake(["train", "--store", str(synthetic_dataset), "--model", "resnet99"], "'resnet99'", "cs_resnet50")
+    mistake(["train", "--store", str(synthetic_dataset), "--model", "resnet99"], "'resnet99'", "cs_resnet50")
     assert not (synthetic_dataset / "runs" / "resnet99").exists()
 
 
 def test_unknown_model_and_unpromoted_model_are_told_apart(root: Path) -> None:
     for command in (["classify"], ["catalog", "export"]):
-        _mistake([*command, "--store", str(root), "--model", "nope"], "no model 'nope'", "published models: " + MODEL)
+        mistake([*command, "--store", str(root), "--model", "nope"], "no model 'nope'", "published models: " + MODEL)
     (root / "models" / MODEL / "production.json").unlink()
     (version,) = list_versions(LocalStore(root), MODEL)
     for command in (["classify"], ["catalog", "export"]):
-        line = _mistake([*command, "--store", str(root), "--model", MODEL], "has no production version", version)
+        line = mistake([*command, "--store", str(root), "--model", MODEL], "has no production version", version)
         assert f"galaxy-pipeline models promote {MODEL} {version} --store " in line
 
 
 def test_a_store_that_does_not_exist_or_is_empty(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     for args in (["models", "versions", MODEL], ["classify"], ["datasets", "verify"], ["catalog", "export"]):
-        _mistake([*args, "--store", str(missing)], "does not exist", "--store")
+        mistake([*args, "--store", str(missing)], "does not exist", "--store")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _mistake(["models", "versions", MODEL, "--store", str(empty)], "is empty", "--store")
+    mistake(["models", "versions", MODEL, "--store", str(empty)], "is empty", "--store")
     assert not missing.exists()
 
 
 def test_a_batch_that_does_not_exist_or_is_empty(root: Path) -> None:
     base = ["classify", "--store", str(root), "--model", MODEL]
-    _mistake([*base, "--batch", "batch-999"], "batch 'batch-999' does not exist", "synthetic-batch-002")
+    mistake([*base, "--batch", "batch-999"], "batch 'batch-999' does not exist", "synthetic-batch-002")
     (root / "incoming" / "empty-batch").mkdir()
     (root / "incoming" / "empty-batch" / "notes.txt").write_text("no images here")
-    _mistake([*base, "--batch", "empty-batch"], "batch 'empty-batch' has no images")
-    _mistake([*base, "--batch", "../etc"], "invalid batch id '../etc'")
+    mistake([*base, "--batch", "empty-batch"], "batch 'empty-batch' has no images")
+    mistake([*base, "--batch", "../etc"], "invalid batch id '../etc'")
 
 
 def test_export_out_and_format_mistakes(root: Path, tmp_path: Path) -> None:
     base = ["catalog", "export", "--store", str(root), "--model", MODEL]
-    _mistake([*base, "--out", str(tmp_path)], "is a directory", f"{tmp_path}/{MODEL}-")
-    _mistake([*base, "--format", "csv", "--out", str(tmp_path / "x.parquet")], "'csv'", "x.parquet")
-    _mistake([*base, "--format", "xls"], "unknown export format 'xls'", "csv, parquet")
-    assert not (tmp_path / "x.parquet").exists()
+    mistake([*base, "--out", str(tmp_path)], "is a directory", f"{tmp_path}/{MODEL}-")
+    mistake([*base, "--format", "csv", "--out", str(tmp_path / "x.parquet")], "'csv'", "x.parquet")
+    mistake([*base, "--format", "fits", "--out", str(tmp_path / "x.csv")], "'fits'", "x.csv")
+    mistake([*base, "--format", "votable", "--out", str(tmp_path / "x.fits.gz")], "'votable'", "x.fits.gz")
+    mistake([*base, "--format", "parquet", "--out", str(tmp_path / "x.vot")], "'parquet'", "x.vot")
+    mistake([*base, "--format", "xls"], "unknown export format 'xls'", "csv, parquet, fits, votable")
+    mistake([*base, "--format", "FITS"], "unknown export format 'FITS'")
+    mistake([*base, "--out", str(tmp_path / "x.png")], "x.png", "is where the export's figure goes")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("x.")]  # nothing written
 
 
 def test_the_out_extension_picks_the_format(root: Path, tmp_path: Path) -> None:
@@ -84,38 +76,43 @@ def test_the_out_extension_picks_the_format(root: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c.csv").read_text().startswith('"galaxy_id"')
+    for name, start in (("c.fits", b"SIMPLE  ="), ("c.vot", b"<?xml"), ("c.fits.gz", b"\x1f\x8b")):
+        result = runner.invoke(
+            app, ["catalog", "export", "--store", str(root), "--model", MODEL, "--out", str(tmp_path / name)]
+        )
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes().startswith(start), name
+    assert sorted(p.name for p in tmp_path.glob("c.*")) == ["c.csv", "c.fits", "c.fits.gz", "c.png", "c.vot"]
 
 
 def test_a_label_file_that_is_not_text(tmp_path: Path) -> None:
     image = tmp_path / "labels.csv"
     image.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)))
-    _mistake(["labels", "summarize", str(image)], str(image), "not a text CSV file")
+    mistake(["labels", "summarize", str(image)], str(image), "not a text CSV file")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("GalaxyID,Class1.1\n1,caf\xe9\n".encode("latin-1"))
-    _mistake(["labels", "summarize", str(latin)], "not a UTF-8 text CSV file")
+    mistake(["labels", "summarize", str(latin)], "not a UTF-8 text CSV file")
 
 
 def test_unknown_setting_suggests_the_closest_field(tmp_path: Path) -> None:
-    _mistake(
-        ["train", "--store", str(tmp_path), "--set", "epoch=3"], "unknown setting 'epoch'", "did you mean 'epochs'"
-    )
-    _mistake(["train", "--store", str(tmp_path), "--set", "weight_decy=0.1"], "did you mean 'weight_decay'")
-    _mistake(["train", "--store", str(tmp_path), "--set", "lr"], "--set expects key=value")
+    mistake(["train", "--store", str(tmp_path), "--set", "epoch=3"], "unknown setting 'epoch'", "did you mean 'epochs'")
+    mistake(["train", "--store", str(tmp_path), "--set", "weight_decy=0.1"], "did you mean 'weight_decay'")
+    mistake(["train", "--store", str(tmp_path), "--set", "lr"], "--set expects key=value")
 
 
 def test_invalid_choices_are_listed(tmp_path: Path) -> None:
     store = str(tmp_path)
-    _mistake(["classify", "--store", store, "--device", "gpu"], "device 'gpu' is not one of 'auto', 'cpu' or 'cuda'")
-    _mistake(["classify", "--store", store, "--engine", "tensorrt"], "engine 'tensorrt'", "'openvino'")
-    _mistake(["train", "--store", store, "--set", "optimizer=lion"], "optimizer 'lion'", "'sgd' or 'adamw'")
-    _mistake(["train", "--store", store, "--preset", "fast"], "unknown preset 'fast'", "paper, smoke")
-    _mistake(["classify", "--store", store, "--model", "a@"], "nothing after '@'")
+    mistake(["classify", "--store", store, "--device", "gpu"], "device 'gpu' is not one of 'auto', 'cpu' or 'cuda'")
+    mistake(["classify", "--store", store, "--engine", "tensorrt"], "engine 'tensorrt'", "'openvino'")
+    mistake(["train", "--store", store, "--set", "optimizer=lion"], "optimizer 'lion'", "'sgd' or 'adamw'")
+    mistake(["train", "--store", store, "--preset", "fast"], "unknown preset 'fast'", "paper, smoke")
+    mistake(["classify", "--store", store, "--model", "a@"], "nothing after '@'")
 
 
 def test_usage_mistakes_are_one_line_too(tmp_path: Path) -> None:
-    _mistake(["clasify"], "No such command 'clasify'")
-    _mistake(["classify"], "Missing option '--store'")
-    _mistake(["classify", "--store", str(tmp_path), "--batch-size", "many"], "'--batch-size'", "integer")
+    mistake(["clasify"], "No such command 'clasify'")
+    mistake(["classify"], "Missing option '--store'")
+    mistake(["classify", "--store", str(tmp_path), "--batch-size", "many"], "'--batch-size'", "integer")
 
 
 def test_version_and_the_store_from_the_environment(root: Path) -> None:
