@@ -1,5 +1,6 @@
 """Publishing a finished run into the model registry: its best weights, a card with the metrics and
-the figures. Publishing the same run again returns the existing card and writes nothing."""
+the figures (among them one Grad-CAM panel per class of the validation split, ``explain_<class>.png``).
+Publishing the same run again returns the existing card and writes nothing."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from datetime import UTC, datetime
 
 from galaxy_models.calibration import Calibration
 from galaxy_models.domain import CLASS_NAMES
+from galaxy_models.inference.explain import validation_panels
 from galaxy_models.metrics import Metrics
 from galaxy_models.models.serialization import load_checkpoint
 from galaxy_models.registry.cards import ModelCard, ModelNotFoundError, read_card
 from galaxy_models.registry.weights import publish
 from galaxy_models.storage import Store
 from galaxy_models.training.figures import confusion_png, curves_png, reliability_png
-from galaxy_models.training.runs import TrainRun
+from galaxy_models.training.runs import TrainRun, run_manifest
 
 
 def publish_run(
@@ -50,5 +52,6 @@ def publish_run(
         created_at=datetime.now(UTC),
     )
     weights = load_checkpoint(store, run.best_key)["model"]
+    figures.update(validation_panels(store, card, weights, run_manifest(store, run)))
     publish(store, card, weights, figures)
     return read_card(store, run.name, run.run_id)
