@@ -27,9 +27,11 @@ demo: $(STAMP)
 		--store $(STORE) --name synthetic --samples-per-shard 200
 	$(BIN)/galaxy-pipeline models list
 	$(BIN)/galaxy-pipeline train --store $(STORE) --preset smoke --epochs $(DEMO_EPOCHS) --set min_val_f1=$(DEMO_MIN_VAL_F1) --promote
-	$(BIN)/galaxy-pipeline classify --store $(STORE) --model cs_resnet_tiny
+	$(BIN)/galaxy-pipeline classify --store $(STORE) --model cs_resnet_tiny --embeddings
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format csv --out $(STORE)/exports/demo.csv
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format parquet --out $(STORE)/exports/demo.parquet
+	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format fits --out $(STORE)/exports/demo.fits
+	$(BIN)/galaxy-pipeline report --store $(STORE) --model cs_resnet_tiny --out $(STORE)/exports/report.html
 	@echo
 	@echo "Synthetic survey images:  $(STORE)/raw/synthetic/images/"
 	@echo "Vote table (Kaggle fmt):  $(STORE)/raw/synthetic/labels.csv"
@@ -37,7 +39,9 @@ demo: $(STAMP)
 	@echo "Trained models (cards):   $(STORE)/models/"
 	@echo "New survey batches:       $(STORE)/incoming/"
 	@echo "Catalogs (Parquet parts): $(STORE)/catalogs/"
-	@echo "Exports (+ .png figures): $(STORE)/exports/demo.csv, $(STORE)/exports/demo.parquet"
+	@echo "Exports and their figure: $(STORE)/exports/demo.csv, demo.parquet, demo.fits, demo.png"
+	@echo "Catalog report (HTML):    $(STORE)/exports/report.html (open it in a browser)"
+	@echo "Similar galaxies:         $(BIN)/galaxy-pipeline similar --store $(STORE) --model cs_resnet_tiny --galaxy ID"
 
 # A local Prefect server, the cpu and gpu pools, every deployment, and a worker on the cpu pool.
 serve: $(STAMP)

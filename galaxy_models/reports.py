@@ -11,6 +11,7 @@ from galaxy_models.calibration import calibration_table
 from galaxy_models.catalogs.export import ExportSummary
 from galaxy_models.catalogs.incoming import SkippedBatch
 from galaxy_models.catalogs.manifest import CatalogManifest
+from galaxy_models.catalogs.report import ReportSummary
 from galaxy_models.data.manifest import DatasetManifest
 from galaxy_models.data.splits import SPLITS
 from galaxy_models.metrics import per_class_table, table_v
@@ -118,7 +119,7 @@ def training_markdown(card: ModelCard, store: Store) -> str:
 
 def classify_rows(manifests: Sequence[CatalogManifest]) -> list[dict[str, Any]]:
     """Catalog rows per batch: whether test-time augmentation was used, flags and predicted classes,
-    and any warning (lineage: a model trained on a survey of the other kind)."""
+    drift from the training data (``catalogs.drift``) and any warning (lineage, drift, sidecar rows)."""
     return [
         {
             "batch": m.batch_id,
@@ -126,6 +127,11 @@ def classify_rows(manifests: Sequence[CatalogManifest]) -> list[dict[str, Any]]:
             "tta": m.tta,
             **m.flags,
             **{f"class {k}": v for k, v in m.classes.items()},
+            **(
+                {"drift JS (bits)": round(m.drift.js_divergence, 4), "drifted": m.drift.drifted}
+                if m.drift is not None
+                else {}
+            ),
             **({"warnings": "; ".join(m.warnings)} if m.warnings else {}),
         }
         for m in manifests
@@ -153,8 +159,21 @@ def export_rows(summary: ExportSummary) -> list[dict[str, Any]]:
 
 
 def export_markdown(summary: ExportSummary) -> str:
+    left_out = f"- left out (the format cannot hold them): {', '.join(summary.left_out)}\n" if summary.left_out else ""
     return (
         f"# Catalog export: {summary.model_name} {summary.model_version}\n\n"
         f"{summary.rows} galaxies from batches {', '.join(summary.batches)}.\n\n"
-        f"- file: {summary.out}\n- class distribution and confidence histogram: {summary.figure}\n"
+        f"- file: {summary.out}\n- class distribution and confidence histogram: {summary.figure}\n{left_out}"
+    )
+
+
+def report_markdown(summary: ReportSummary) -> str:
+    """A markdown section linking the catalog report (``catalogs.report``) and saying what it shows."""
+    local = summary.out.startswith("/")  # a path on the machine that ran the flow; s3:// URIs stay text
+    link = f"[{summary.out}](<file://{summary.out}>)" if local else f"`{summary.out}`"
+    maps = "" if summary.explained is None else f", where the model looked for {summary.explained}"
+    return (
+        f"\n## Catalog report\n\n{link} (one HTML file: open it in a browser)\n\n"
+        f"Class shares per batch against training, confidence and entropy, galleries of "
+        f"{sum(summary.galleries.values())} galaxies{maps}, the model card and each batch's drift.\n"
     )

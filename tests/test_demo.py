@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from astropy.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -37,6 +38,12 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert csv.num_rows == parquet.num_rows == 200  # two batches of 100, one row per image
     ids = sorted(str(g) for g in csv.column("galaxy_id").to_pylist())
     assert sorted(parquet.column("galaxy_id").to_pylist()) == ids
-    assert (store / "exports" / "demo.parquet.png").is_file()
+    assert (store / "exports" / "demo.png").is_file()
     assert len(list((store / "catalogs").glob("*/*/_manifest.json"))) == 2
-    assert f"Exports (+ .png figures): {store}/exports/demo.csv" in out
+    assert f"Exports and their figure: {store}/exports/demo.csv" in out
+    assert f"Catalog report (HTML):    {store}/exports/report.html" in out
+    assert (store / "exports" / "report.html").read_text().startswith("<!DOCTYPE html>")
+    fits = Table.read(store / "exports" / "demo.fits")
+    assert len(fits) == 200
+    assert fits.meta["MODEL"] == "cs_resnet_tiny"
+    assert len(parquet.column("embedding")[0]) == 64  # classified with --embeddings

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from galaxy_models.catalogs.drift import BatchDrift
 from galaxy_models.catalogs.export import ExportSummary
 from galaxy_models.catalogs.manifest import CatalogManifest
 from galaxy_models.metrics import Metrics
@@ -71,6 +72,15 @@ def test_classify_rows() -> None:
     assert classify_rows([manifest]) == [
         {"batch": "b1", "rows": 3, "tta": False, "ok": 2, "unreadable": 1, "class 0": 1, "class 4": 1}
     ]
+    shares = {"round": 0.5, "spiral": 0.5}
+    drift = BatchDrift(
+        reference="train", reference_shares=shares, batch_shares={"round": 1.0}, js_divergence=0.31127,
+        mean_confidence=0.8, reference_mean_confidence=0.8, confidence_drop=0.0, js_threshold=0.1,
+        confidence_threshold=0.1, drifted=True, reasons=["class shares diverge"],
+    )  # fmt: skip
+    drifted = manifest.model_copy(update={"drift": drift, "warnings": ["batch b1 drifts"]})
+    (row,) = classify_rows([drifted])
+    assert (row["drift JS (bits)"], row["drifted"], row["warnings"]) == (0.3113, True, "batch b1 drifts")
 
 
 def test_late_rows_name_the_batch_and_the_first_newcomer() -> None:

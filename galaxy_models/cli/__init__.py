@@ -5,7 +5,7 @@ One module per group of commands; each command imports the library it needs when
 
 from __future__ import annotations
 
-from galaxy_models.cli import catalogs, data, models  # noqa: F401  (each registers its commands)
+from galaxy_models.cli import catalogs, data, explain, models, report  # noqa: F401  (each registers its commands)
 from galaxy_models.cli.app import app
 
 

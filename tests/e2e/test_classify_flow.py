@@ -55,3 +55,6 @@ def test_dask_runner_matches_the_default_runner_and_export_follows(trained_store
     summary = export_flow(ExportConfig(store=str(default_root), model="cs_resnet_tiny", format="csv", out=str(out)))
     assert summary["rows"] == sum(t.num_rows for t in expected.values())
     assert out.read_text().count("\n") == summary["rows"] + 1
+    report = Path(summary["report"])  # the catalog report, beside the default exports in the store
+    assert report.parent == default_root / "exports"
+    assert report.read_text().startswith("<!DOCTYPE html>")
