@@ -65,13 +65,17 @@ def main() -> None:
     card = resolve(store, ModelRef.parse(args.model))
     config = ClassifyConfig(store=str(args.store), model=args.model, batches=BATCHES, embeddings=True)
     started = time.perf_counter()
-    classify_pending(config, card=card, progress=True)
+    result = classify_pending(config, card=card, progress=True)
     classify_seconds = time.perf_counter() - started
+    fresh = any(r.committed for r in result.batches)
 
     catalog = embedded_catalog(store, card.name, card.version)
     agreement = neighbour_agreement(catalog, k=args.k)
     print(f"\n{card.name}/{card.version}: {images} survey images, {agreement.galaxies} with an embedding")
-    print(f"classify with embeddings: {classify_seconds:.1f} s ({images / classify_seconds:.1f} images/s)\n")
+    if fresh:
+        print(f"classify with embeddings: {classify_seconds:.1f} s ({images / classify_seconds:.1f} images/s)\n")
+    else:
+        print("classify: the catalogs were already there (an earlier run made them)\n")
     print(f"| predicted class | galaxies | same class among {args.k} nearest | chance | ratio |")
     print("| --- | ---: | ---: | ---: | ---: |")
     classes = catalog.classes
@@ -119,7 +123,8 @@ def main() -> None:
         json.dumps(
             {
                 "date": datetime.now(UTC).isoformat(), "machine": platform.processor() or platform.machine(),
-                "model": f"{card.name}/{card.version}", "images": images, "classify_seconds": classify_seconds,
+                "model": f"{card.name}/{card.version}", "images": images,
+                "classify_seconds": classify_seconds if fresh else None,
                 "neighbour_agreement": agreement.model_dump(), "drift": drift_rows, "report": report,
             },
             indent=2,
