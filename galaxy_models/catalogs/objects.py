@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from galaxy_models.domain import is_name
-from galaxy_models.storage import Store
+from galaxy_models.storage import AccessDeniedError, ObjectTooLargeError, Store, UnsafeObjectError
 
 OBJECTS_FILES = ("_objects.csv", "_objects.parquet")
 MAX_OBJECTS_BYTES = 256 * 1024 * 1024
@@ -36,7 +36,10 @@ KNOWN_COLUMNS = ("ra", "dec", "objid")
 
 
 class ObjectsError(ValueError):
-    """A sidecar table that cannot be read at all (not CSV/Parquet, no GalaxyID column, two files)."""
+    """A sidecar table that cannot be used at all (not CSV/Parquet, no GalaxyID column, two files, over
+    the size cap, a link or other non-file, changed since the plan). Its batch is not classified
+    until the table is fixed: a catalog without the coordinates the survey meant to give would
+    never gain them."""
 
 
 class ObjectProblem(BaseModel):
@@ -73,7 +76,8 @@ def objects_key(store: Store, batch_id: str) -> str | None:
     Raises:
         ObjectsError: if the batch has both a CSV and a Parquet sidecar.
     """
-    found = [f"incoming/{batch_id}/{name}" for name in OBJECTS_FILES if store.exists(f"incoming/{batch_id}/{name}")]
+    listed = set(store.list(f"incoming/{batch_id}/"))  # listed like the images: a link is found, then refused
+    found = [f"incoming/{batch_id}/{name}" for name in OBJECTS_FILES if f"incoming/{batch_id}/{name}" in listed]
     if len(found) > 1:
         raise ObjectsError(f"batch {batch_id!r} has two sidecar tables ({', '.join(found)}); keep one")
     return found[0] if found else None
@@ -81,7 +85,15 @@ def objects_key(store: Store, batch_id: str) -> str | None:
 
 def objects_sha256(store: Store, batch_id: str) -> str | None:
     key = objects_key(store, batch_id)
-    return None if key is None else hashlib.sha256(store.read_bytes(key, max_bytes=MAX_OBJECTS_BYTES)).hexdigest()
+    return None if key is None else hashlib.sha256(_read(store, key)).hexdigest()
+
+
+def _read(store: Store, key: str) -> bytes:
+    """The sidecar's bytes; ``ObjectsError`` for one over the cap or not a regular file (never followed)."""
+    try:
+        return store.read_bytes(key, max_bytes=MAX_OBJECTS_BYTES)
+    except (ObjectTooLargeError, UnsafeObjectError, AccessDeniedError) as err:
+        raise ObjectsError(f"the sidecar {store.url(key)} cannot be read: {err}") from err
 
 
 def read_objects(
@@ -98,7 +110,7 @@ def read_objects(
         if expected_sha256 is not None:
             raise ObjectsError(f"the sidecar of batch {batch_id!r} has gone since its catalog was planned")
         return None
-    data = store.read_bytes(key, max_bytes=MAX_OBJECTS_BYTES)
+    data = _read(store, key)
     digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256:
         raise ObjectsError(

@@ -42,7 +42,7 @@ from galaxy_models.catalogs.manifest import (
     read_catalog_manifest,
     write_part,
 )
-from galaxy_models.catalogs.objects import BatchObjects, objects_sha256, read_objects
+from galaxy_models.catalogs.objects import BatchObjects, ObjectsError, objects_sha256, read_objects
 from galaxy_models.catalogs.schema import EMBEDDING_SIZE, PROBABILITY_COLUMNS, catalog_rows
 from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES, ImageRejected, crop_image, read_image_bytes
 from galaxy_models.domain import galaxy_id_from_key, is_name
@@ -295,7 +295,7 @@ class BatchResult:
 class ClassifyReport:
     card: ModelCard
     batches: list[BatchResult]
-    skipped: list[SkippedBatch] = field(default_factory=list)  # folders under incoming/ that are not batches
+    skipped: list[SkippedBatch] = field(default_factory=list)  # folders not classified (not batches, bad sidecar)
     late: dict[str, list[str]] = field(default_factory=dict)  # batch -> images that arrived after its plan
 
     def summary(self) -> dict[str, Any]:
@@ -352,7 +352,8 @@ def classify_pending(
 ) -> ClassifyReport:
     """Classify the batches named in ``config`` (default: every batch with images and no complete
     catalog for the model version) with the model it names (default version: production). Folders
-    under incoming/ that are not valid batch ids are skipped with a warning to ``log`` and reported.
+    under incoming/ that are not valid batch ids, and batches whose sidecar table cannot be used
+    (``catalogs.objects``), are skipped with a warning to ``log`` and reported.
     ``card``: the model's card, when the caller has resolved it already."""
     store = open_store(config.store)
     card = card or steps.run("find-model", resolve_card, store, config)
@@ -366,7 +367,14 @@ def classify_pending(
         log(f"warning: skipped {INCOMING}/{folder.folder}/: {folder.reason}")
     results = []
     for batch_id in batches:
-        manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
+        try:
+            manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
+        except ObjectsError as err:
+            if config.batches is not None:  # a batch asked for by name: its caller hears why
+                raise
+            skipped.append(SkippedBatch(batch_id, f"not classified: {err}"))  # one bad sidecar stops no other batch
+            log(f"warning: skipped {INCOMING}/{batch_id}/: {skipped[-1].reason}")
+            continue
         results.append(BatchResult(manifest, committed))
         for warning in manifest.warnings:
             log(f"warning: {warning}")

@@ -13,7 +13,7 @@ from badimages import CORPUS_BATCH as BATCH
 
 from galaxy_models.catalogs.manifest import read_catalog
 from galaxy_models.catalogs.objects import ObjectsError, read_objects
-from galaxy_models.inference.classify import classify_batch
+from galaxy_models.inference.classify import classify_batch, classify_pending
 from galaxy_models.inference.config import ClassifyConfig
 from galaxy_models.storage import LocalStore
 
@@ -108,3 +108,19 @@ def test_classify_joins_the_sidecar_and_reports_its_bad_rows(root: Path) -> None
     other, _ = classify_batch(config, "synthetic-batch-002", progress=False)  # no sidecar: as before, no coordinates
     assert other.objects is None
     assert set(read_catalog(store, other).column("ra").to_pylist()) == {None}
+
+
+def test_a_sidecar_that_cannot_be_used_holds_back_its_batch_only(root: Path) -> None:
+    outside = root.parent / "elsewhere.csv"
+    outside.write_text("GalaxyID,ra,dec\n1,2,3\n")
+    (root / "incoming" / BATCH / "_objects.csv").symlink_to(outside)  # never followed
+    warnings: list[str] = []
+    report = classify_pending(ClassifyConfig(store=str(root), model="cs_resnet_tiny", workers=2), log=warnings.append)
+    assert [r.manifest.batch_id for r in report.batches] == ["synthetic-batch-002"]
+    (skipped,) = report.skipped
+    assert skipped.folder == BATCH
+    assert "_objects.csv cannot be read" in skipped.reason
+    assert any(BATCH in w and "cannot be read" in w for w in warnings)
+    assert not (root / "catalogs" / BATCH).exists()  # nothing planned: fixing the sidecar lets it run
+    with pytest.raises(ObjectsError, match="cannot be read"):  # named on the command line: an error
+        classify_batch(ClassifyConfig(store=str(root), model="cs_resnet_tiny", workers=2), BATCH, progress=False)
