@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from galaxy_models.catalogs.manifest import read_catalog_manifest
+from galaxy_models.domain import CLASS_NAMES
 from galaxy_models.inference.classify import classify_batch
 from galaxy_models.inference.config import ClassifyConfig
 from galaxy_models.registry.cards import promote
@@ -79,12 +80,16 @@ def test_smoke_deployment_runs_on_a_real_server_and_worker(
         assert set(card["metrics"]) == {"val", "test"}
         assert 0.0 <= card["metrics"]["test"]["accuracy"] <= 1.0
         assert card["config"]["store"] == str(store)
-        assert sorted(card["figures"]) == [
+        figures = sorted(card["figures"])
+        explained = [f for f in figures if f.startswith("explain_")]  # one panel per class the val split holds
+        assert [f for f in figures if f not in explained] == [
             "confusion_test.png",
             "confusion_val.png",
             "reliability.png",
             "training_curves.png",
         ]
+        assert explained
+        assert set(explained) <= {f"explain_{label}.png" for label in CLASS_NAMES}
 
         # The nightly classification, started from its deployment, classifies only the new batch.
         promote(LocalStore(store), "cs_resnet_tiny", card["version"], force=True)
