@@ -140,7 +140,9 @@ def gallery_png(store: Store, neighbours: list[Neighbour], title: str, *, crop_s
 
     columns = min(6, len(neighbours))
     lines = -(-len(neighbours) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(2.0 * columns, 2.2 * lines), squeeze=False)
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(2.0 * columns, 2.2 * lines + 0.4), squeeze=False, layout="constrained"
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, n in zip(axes.ravel(), neighbours, strict=False):
