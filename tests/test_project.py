@@ -157,6 +157,28 @@ def test_every_deployment_validates_and_the_demo_ones_serve_what_make_demo_train
     assert sorted(demos) == ["flows/classify.py:classify_flow", "flows/export.py:export_flow"]
 
 
+def test_each_export_deployment_runs_when_its_classify_deployment_completes() -> None:
+    """export-flow/catalog follows classify-flow/nightly and export-flow/demo follows classify-flow/demo,
+    through triggers Prefect accepts; none fires on an export run (which would loop)."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    followed = {}
+    for deployment in deployments:
+        for raw in deployment.get("triggers", []):
+            trigger = DeploymentEventTrigger.model_validate(raw)
+            assert trigger.expect == {"prefect.flow-run.Completed"}
+            related = trigger.match_related if isinstance(trigger.match_related, list) else [trigger.match_related]
+            labels = {spec.root["prefect.resource.role"]: spec.root["prefect.resource.name"] for spec in related}
+            assert labels["flow"] == "classify-flow"
+            followed[(deployment["entrypoint"], deployment["name"])] = labels["deployment"]
+        assert "schedules" not in deployment or deployment["entrypoint"] != "flows/export.py:export_flow"
+    assert followed == {
+        ("flows/export.py:export_flow", "demo"): "demo",
+        ("flows/export.py:export_flow", "catalog"): "nightly",
+    }
+
+
 def test_flow_configs_are_immutable() -> None:
     from pydantic import ValidationError
 
