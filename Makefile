@@ -44,8 +44,10 @@ demo: $(STAMP)
 	@echo "Similar galaxies:         $(BIN)/galaxy-pipeline similar --store $(STORE) --model cs_resnet_tiny --galaxy ID"
 
 # A local Prefect server, the cpu and gpu pools, every deployment, and a worker on the cpu pool.
+# The server's database: DB=sqlite, or DB=postgres for a PostgreSQL cluster of its own (infra/serve.sh).
+DB ?= sqlite
 serve: $(STAMP)
-	infra/serve.sh
+	PREFECT_DB=$(DB) infra/serve.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,18 +2,24 @@
 server start` on a free port with a temporary PREFECT_HOME, creates the pools, runs `prefect deploy
 --all` and a process worker; then `prefect deployment run train-flow/smoke --watch` trains on a
 store holding ingested synthetic shards, and `classify-flow/nightly` (whose schedule is checked)
-classifies only the batch that has no catalog yet. Every process is stopped whatever happens."""
+classifies only the batch that has no catalog yet. The server runs on PostgreSQL where it is
+available (see `serve_env`), else on SQLite, and the test reads the finished run from that database
+itself. Every process is stopped whatever happens."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,6 +43,34 @@ def _wait_for(log: Path, text: str, server: subprocess.Popen[bytes], seconds: fl
         if time.monotonic() > deadline:
             pytest.fail(f"no {text!r} from infra/serve.sh within {seconds:.0f} s:\n{log.read_text()[-4000:]}")
         time.sleep(1)
+
+
+def _recorded_state(env: dict[str, str], flow_run_id: str) -> str | None:
+    """The state type of flow run `flow_run_id` in the database that `infra/serve.sh` was given, read
+    from that database directly (not through the server): PostgreSQL's or SQLite's table flow_run."""
+    home = Path(env["PREFECT_HOME"])
+    if env["PREFECT_DB"] == "sqlite":
+        with contextlib.closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (flow_run_id,)).fetchone()
+        return None if row is None else str(row[0])
+    assert not (home / "prefect.db").exists(), "PREFECT_DB=postgres, yet the server made a SQLite database"
+    import asyncpg
+
+    async def fetch() -> str | None:
+        connection = await asyncpg.connect(
+            host="127.0.0.1",
+            port=int(env["PREFECT_POSTGRES_PORT"]),
+            user="prefect",
+            password=(Path(env["PREFECT_POSTGRES_DIR"]) / "password").read_text(),
+            database="prefect",
+        )
+        try:
+            state = await connection.fetchval("SELECT state_type FROM flow_run WHERE id = $1", uuid.UUID(flow_run_id))
+        finally:
+            await connection.close()
+        return None if state is None else str(state)
+
+    return asyncio.run(fetch())
 
 
 def test_smoke_deployment_runs_on_a_real_server_and_worker(
@@ -74,6 +108,9 @@ def test_smoke_deployment_runs_on_a_real_server_and_worker(
         )  # fmt: skip
         assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n--- serve.log ---\n{log.read_text()[-6000:]}"
         assert "Completed" in run.stdout, run.stdout
+        flow_run = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout)
+        assert flow_run, run.stdout
+        assert _recorded_state(env, flow_run[1]) == "COMPLETED", env["PREFECT_DB"]
         cards = list((store / "models" / "cs_resnet_tiny").glob("*/card.json"))
         assert len(cards) == 1, sorted(p.as_posix() for p in store.rglob("*"))
         card = json.loads(cards[0].read_text())

@@ -1,7 +1,8 @@
 """`infra/serve.sh` (what `make serve` runs) stops the whole local stack on a SIGTERM to the script alone: the
-worker first, then the server, and the script exits; within 10 s, with no process of its session left behind
-(every process the script started, or those started, spawned). Both once the worker runs, and while the script
-still waits for the server to come up. Whatever happens, every process of the session is killed at the end."""
+worker first, then the server, then PostgreSQL where the stack runs on it (see `serve_env`), and the script exits;
+within 10 s, with no process of its session left behind (every process the script started, or those started,
+spawned). Both once the worker runs, and while the script still waits for the server to come up. Whatever happens,
+every process of the session is killed at the end."""
 
 from __future__ import annotations
 
@@ -83,8 +84,11 @@ def test_sigterm_stops_worker_then_server_and_the_script_within_10_s(
         before = _session(sid)
         servers = {pid for pid, cmd in before.items() if "server start" in cmd}
         workers = {pid for pid, cmd in before.items() if "worker start" in cmd}
+        # the postmaster (and, as root, the runuser above it); its children leave the session (setsid)
+        databases = {pid for pid, cmd in before.items() if re.search(r"/postgres -D ", cmd)}
         assert servers, before
         assert bool(workers) == (stage == "worker running"), before
+        assert bool(databases) == (env["PREFECT_DB"] == "postgres"), before
 
         signalled = time.monotonic()
         os.kill(script.pid, signal.SIGTERM)
@@ -102,6 +106,8 @@ def test_sigterm_stops_worker_then_server_and_the_script_within_10_s(
         assert not left, f"still alive {STOP_SECONDS:.0f} s after SIGTERM: {left}\n{tail}"
         if workers:  # the worker goes first (it still needs the server to stop cleanly), then the server
             assert max(gone[pid] for pid in workers) <= min(gone[pid] for pid in servers), (gone, before, tail)
+        if databases:  # and the database last
+            assert max(gone[pid] for pid in servers) <= min(gone[pid] for pid in databases), (gone, before, tail)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(script.pid, signal.SIGKILL)
