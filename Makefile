@@ -7,6 +7,7 @@ STORE ?= ./galaxy-data
 DEMO_N ?= 600
 DEMO_EPOCHS ?= 12
 DEMO_MIN_VAL_F1 ?= 0.5
+DEMO_REPORT_FLAGS ?=
 
 .PHONY: install demo serve test lint format clean
 
@@ -31,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format csv --out $(STORE)/exports/demo.csv
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format parquet --out $(STORE)/exports/demo.parquet
 	$(BIN)/galaxy-pipeline catalog export --store $(STORE) --model cs_resnet_tiny --format fits --out $(STORE)/exports/demo.fits
-	$(BIN)/galaxy-pipeline report --store $(STORE) --model cs_resnet_tiny --out $(STORE)/exports/report.html
+	$(BIN)/galaxy-pipeline report --store $(STORE) --model cs_resnet_tiny --out $(STORE)/exports/report.html $(DEMO_REPORT_FLAGS)
 	@echo
 	@echo "Synthetic survey images:  $(STORE)/raw/synthetic/images/"
 	@echo "Vote table (Kaggle fmt):  $(STORE)/raw/synthetic/labels.csv"
@@ -63,8 +64,16 @@ format: $(STAMP)
 # in plain Python calls, no thread of ours running); each half below, with the training tests, passes.
 # The cause is not found yet; see the closing note of issue 11.
 TEST_FIRST := tests/catalogs tests/cli tests/data tests/e2e tests/inference
-test: lint
-	$(BIN)/python -m pytest $(TEST_FIRST)
+# mypy (about 25 s from cold) type-checks beside the first pytest process, whose servers and
+# subprocesses leave a core idle much of the time; its report follows that process's, and either
+# failing fails the target.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	log=$$(mktemp); $(BIN)/mypy >"$$log" 2>&1 & types=$$!; \
+	$(BIN)/python -m pytest $(TEST_FIRST); tests=$$?; \
+	wait $$types; typed=$$?; cat "$$log"; rm -f "$$log"; \
+	test $$tests -eq 0 && test $$typed -eq 0
 	$(BIN)/python -m pytest tests $(addprefix --ignore=,$(TEST_FIRST))
 
 clean:

@@ -16,11 +16,13 @@ from galaxy_models.reports import artifact_key, export_markdown, export_rows, re
 
 
 @flow(name="export-flow", log_prints=True)
-def export_flow(config: ExportConfig = ExportConfig()) -> dict[str, Any]:  # noqa: B008
+def export_flow(config: ExportConfig = ExportConfig(), maps: bool = True) -> dict[str, Any]:  # noqa: B008
+    """``maps``: the report shows where the model looked for its gallery galaxies (loads the model)."""
     steps = PrefectSteps()
     summary = steps.run("export", export_catalogs, config)
     exported = f"{summary.model_name}@{summary.model_version}"  # the version exported, even if production moves
-    report = steps.run("report", write_report, ReportConfig(store=config.store, model=exported), explainer=explain_keys)
+    report_config = ReportConfig(store=config.store, model=exported, explain=maps)
+    report = steps.run("report", write_report, report_config, explainer=explain_keys if maps else None)
     key = artifact_key("export", summary.model_name)
     create_table_artifact(
         table=export_rows(summary), key=f"{key}-summary", description=f"{summary.rows} rows in {summary.out}"

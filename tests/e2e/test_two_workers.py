@@ -22,7 +22,7 @@ from galaxy_models.storage import S3Config, S3Store
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).with_name("prefect")
-BATCHES = 4  # each named by two runs: 8 flow runs
+BATCHES = 3  # each named by two runs: 6 flow runs
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -67,6 +67,7 @@ def test_two_workers_on_one_pool_classify_every_batch_exactly_once(
         **os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "GALAXY_PIPELINE_HOME": str(REPO),
         "AWS_ENDPOINT_URL": str(s3_config.endpoint_url), "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "OMP_NUM_THREADS": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # a worker asks for runs every second, not every 10 s
     }  # fmt: skip
     subprocess.run([str(PREFECT), "work-pool", "create", "hosts", "--type", "process", "--overwrite"],
                    env=env, check=True, capture_output=True)  # fmt: skip
