@@ -116,6 +116,7 @@ def test_two_workers_on_one_pool_classify_every_batch_exactly_once(
         ]
         keys = read_catalog(store, manifest).column("source_key").to_pylist()
         assert sorted(keys) == batch_images(store, batch)  # one row per image, none twice
+    # both hosts worked (a worker may also try a run the other has just claimed: the server lets one have it)
     taken = [log.read_text(errors="replace").count("submitting flow run") for log in logs]
-    assert all(n > 0 for n in taken), taken  # both hosts worked
-    assert sum(taken) == 2 * BATCHES
+    assert all(n > 0 for n in taken), taken
+    assert sum(taken) >= 2 * BATCHES
