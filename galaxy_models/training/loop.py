@@ -104,11 +104,12 @@ def _train(config: TrainConfig, processes: Processes, *, progress: bool, log: Lo
     if config.compile:
         net = torch.compile(net)  # type: ignore[assignment]
     per_process = config.batch_size // processes.world
+    workers = loader_workers(config, processes.device, processes.world)
     loader = make_loader(
-        store, manifest, "train", batch_size=per_process, train=True, workers=config.workers,
+        store, manifest, "train", batch_size=per_process, train=True, workers=workers,
         seed=config.seed, epoch=state.epoch, augmentation=config.augmentation,
     )  # fmt: skip
-    val_loader = make_loader(store, manifest, "val", batch_size=per_process, train=False, workers=config.workers)
+    val_loader = make_loader(store, manifest, "val", batch_size=per_process, train=False, workers=workers)
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
         lr, train_loss, images_per_second = _train_epoch(run, net, loader, epoch, progress)
@@ -135,6 +136,16 @@ def configure_backends(config: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def loader_workers(config: TrainConfig, device: torch.device, world: int) -> int:
+    """DataLoader workers per process: ``config.workers``, raised on CUDA to the host's cores per
+    process less one (the training process's own). A GPU step outruns a couple of JPEG decoders, and
+    a starved GPU trains no faster than the CPUs feeding it. 0 (load in the training process) stays 0."""
+    if device.type != "cuda" or config.workers == 0:
+        return config.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(config.workers, cores // world - 1)
 
 
 def _prepare(config: TrainConfig, processes: Processes, store: Store, manifest: DatasetManifest, run_id: str) -> _Run:
