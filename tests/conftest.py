@@ -101,6 +101,8 @@ def trained_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
     added to incoming batch 001. Tests copy it when they need to write."""
     from badimages import CORPUS_BATCH, corpus
 
+    from galaxy_models.inference.classify import choose_serving_precision
+    from galaxy_models.inference.config import ClassifyConfig
     from galaxy_models.registry.cards import promote
     from galaxy_models.training.config import TrainConfig
     from galaxy_models.training.evaluation import evaluate_run
@@ -113,6 +115,9 @@ def trained_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
     run = train(TrainConfig(preset="smoke", store=str(root), epochs=1, workers=0), progress=False, log=lambda _: None)
     card = publish_run(store, run, evaluate_run(run, workers=0))
     promote(store, card.name, card.version, force=True)  # one epoch: the gate is not what these tests test
+    # the serving precision is checked once here, as the first classification would, so that every copy
+    # carries the check in its card (tests/inference/test_precision.py tests the check itself)
+    choose_serving_precision(ClassifyConfig(store=str(root), model=card.name), card)
     for name, (data, _) in corpus().items():
         store.write_bytes(f"incoming/{CORPUS_BATCH}/{name}", data)
     return root

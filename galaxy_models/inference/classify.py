@@ -3,17 +3,17 @@
 Per part of a batch (a fixed slice of its image keys, see ``catalogs.manifest``): read the files from
 the store with a pool of threads, check and centre-crop them exactly as ingest does (an image that
 fails gets a row flagged ``unreadable`` with the reason, never silence; one that has gone since the
-batch was planned, a row flagged ``missing``), then run the model on
-batches with the preprocessing its card records, through an inference engine (``engines``): bf16
-autocast and channels-last on a GPU; OpenVINO on a CPU (bf16 where the CPU has it), or eager fp32.
+batch was planned, a row flagged ``missing``; ``decoding``: on a GPU, JPEGs are decoded there in
+batches), then run the model on batches with the preprocessing its card records, through an
+inference engine (``engines``): bf16 autocast and channels-last on a GPU; OpenVINO on a CPU (bf16 where
+the CPU has it), or eager fp32.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,11 +44,14 @@ from galaxy_models.catalogs.manifest import (
 )
 from galaxy_models.catalogs.objects import BatchObjects, ObjectsError, objects_sha256, read_objects
 from galaxy_models.catalogs.schema import EMBEDDING_SIZE, PROBABILITY_COLUMNS, catalog_rows
-from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES, ImageRejected, crop_image, read_image_bytes
-from galaxy_models.domain import galaxy_id_from_key, is_name
-from galaxy_models.inference.config import ClassifyConfig, EngineName
+from galaxy_models.data.images import DEFAULT_MAX_IMAGE_BYTES
+from galaxy_models.domain import galaxy_id_from_key
+from galaxy_models.inference.config import ClassifyConfig, DecodeName, EngineName
+from galaxy_models.inference.decoding import GONE as GONE  # re-exported: its rows' reason
+from galaxy_models.inference.decoding import Decoded, decode_device, decoded_batches, stack_crops
 from galaxy_models.inference.embeddings import Projection, WithFeatures, load_projection
-from galaxy_models.inference.engines import Engine, create_engine
+from galaxy_models.inference.engines import Engine, engine_for
+from galaxy_models.inference.precision import PrecisionChoice, choose_precision, serving_engine
 from galaxy_models.inference.probabilities import DIHEDRAL_VIEWS, card_temperature, class_probabilities
 from galaxy_models.lineage import lineage_warning, survey_kind
 from galaxy_models.models.preprocessing import to_model_input
@@ -56,7 +59,7 @@ from galaxy_models.progress import progress_counter
 from galaxy_models.registry.cards import ModelCard, model_prefix, read_card, resolve
 from galaxy_models.registry.weights import load_model
 from galaxy_models.steps import IN_PROCESS, Steps
-from galaxy_models.storage import KeyNotFoundError, Store, open_store
+from galaxy_models.storage import Store, open_store
 
 
 def resolve_card(store: Store, config: ClassifyConfig) -> ModelCard:
@@ -76,60 +79,40 @@ _ENGINE_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _cached_engine(
-    store_uri: str, name: str, version: str, device: str, engine: EngineName, embeddings: bool = False
+    store_uri: str, name: str, version: str, device: str, engine: EngineName, precision: str, embeddings: bool = False
 ) -> tuple[Engine, ModelCard]:
-    """One compiled copy of a model per process (a Dask worker runs many parts); callers hold
-    ``_ENGINE_LOCK`` so that threads classifying at once build it once. With ``embeddings`` the
-    engine returns the logits followed by the pooled features (``embeddings.WithFeatures``)."""
-    model, card = load_model(open_store(store_uri), name, version)
+    """One compiled copy of a model per process and precision (a Dask worker runs many parts); callers
+    hold ``_ENGINE_LOCK`` so that threads classifying at once build it once. ``precision``: fp32, bf16 or
+    int8, as ``choose_serving_precision`` decided. With ``embeddings`` the engine returns the logits
+    followed by the pooled features (``embeddings.WithFeatures``)."""
+    store = open_store(store_uri)
+    model, card = load_model(store, name, version)
     network = WithFeatures(model) if embeddings else model
-    return create_engine(network, torch.device(device), card.preprocessing.input_size, engine), card
+    outputs = len(card.class_names) + (int(getattr(model, "num_features", 0)) if embeddings else 0)
+    on = torch.device(device)
+    return serving_engine(store, card, network, on, engine_for(on, engine), precision, outputs=outputs), card
+
+
+def choose_serving_precision(config: ClassifyConfig, card: ModelCard) -> PrecisionChoice:
+    """The precision the parts of this run serve ``card``'s model in (``inference.precision``): ``auto``
+    checks the faster ones against fp32 once per model and records the checks in its card."""
+    store = open_store(config.store)
+    device = device_for(config)
+
+    def build(precision: str) -> Engine:
+        with _ENGINE_LOCK:
+            return _cached_engine(store.uri, card.name, card.version, str(device), config.engine, precision)[0]
+
+    def network() -> torch.nn.Module:
+        return load_model(store, card.name, card.version)[0]
+
+    return choose_precision(store, card, network, device, config.engine, config.precision, build)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_projection(store_uri: str, name: str, version: str) -> Projection:
     store = open_store(store_uri)
     return load_projection(store, read_card(store, name, version))
-
-
-@dataclass
-class _Decoded:
-    key: str
-    pixels: np.ndarray | None  # (H, W, 3) uint8
-    reason: str | None
-    missing: bool = False
-
-
-GONE = "the image was in the batch when its catalog was planned and has since gone from the store"
-
-
-def _decode(store: Store, key: str, crop_size: int, max_bytes: int) -> _Decoded:
-    name = key.rsplit("/", 1)[-1]
-    if not is_name(galaxy_id_from_key(key)):
-        return _Decoded(key, None, f"file name {name!r} is not a valid galaxy id")
-    try:
-        crop, _ = crop_image(read_image_bytes(store, key, max_bytes), name=name, crop_size=crop_size)
-    except ImageRejected as err:
-        return _Decoded(key, None, err.reason)
-    except KeyNotFoundError:
-        return _Decoded(key, None, GONE, missing=True)
-    return _Decoded(key, np.asarray(crop), None)
-
-
-def _decoded_batches(
-    store: Store, keys: Sequence[str], crop_size: int, batch_size: int, workers: int, max_bytes: int
-) -> Iterator[list[_Decoded]]:
-    """Images read and decoded by ``workers`` threads (Pillow releases the GIL), in key order."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = pool.map(functools.partial(_decode, store, crop_size=crop_size, max_bytes=max_bytes), keys)
-        batch: list[_Decoded] = []
-        for item in decoded:
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
 
 
 def _logits_keeping_features(
@@ -156,19 +139,21 @@ def classify_images(
     progress: Callable[[int], object] | None = None,
     objects: BatchObjects | None = None,
     projection: Projection | None = None,
+    decode: DecodeName = "auto",
 ) -> pa.Table:
     """Catalog rows for ``keys`` (one per key, in order). Probabilities are softmax(logits / T) with the
     card's temperature; with ``tta``, averaged over the 8 dihedral views (``probabilities``).
     ``objects``: the batch's sidecar, joined on galaxy id. ``projection``: the engine returns logits
     and pooled features (``WithFeatures``), and each row gets its projected embedding (with ``tta``,
-    of the features averaged over the views)."""
+    of the features averaged over the views). ``decode``: which decoder reads the images (``decoding``)."""
     source_keys: list[str] = []
     reasons: list[str | None] = []
     missing: list[bool] = []
     probabilities: list[np.ndarray] = []
     embeddings: list[np.ndarray] = []
     crop_size = card.preprocessing.crop_size
-    for batch in _decoded_batches(store, keys, crop_size, batch_size, workers, max_image_bytes):
+    device = decode_device(decode, engine.device)
+    for batch in decoded_batches(store, keys, crop_size, batch_size, workers, max_image_bytes, device):
         p, e = _infer(engine, card, batch, tta, projection)
         probabilities.append(p)
         embeddings.append(e)
@@ -188,16 +173,17 @@ def classify_images(
 
 
 def _infer(
-    engine: Engine, card: ModelCard, batch: list[_Decoded], tta: bool, projection: Projection | None
+    engine: Engine, card: ModelCard, batch: list[Decoded], tta: bool, projection: Projection | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, embeddings) of a decoded batch, NaN rows where an image has no pixels."""
     classes = len(PROBABILITY_COLUMNS)
     p = np.full((len(batch), classes), np.nan, dtype=np.float32)
     e = np.full((len(batch), EMBEDDING_SIZE), np.nan, dtype=np.float32)
-    rows = [i for i, d in enumerate(batch) if d.pixels is not None]
-    if not rows:
+    crops = [(i, d.pixels) for i, d in enumerate(batch) if d.pixels is not None]
+    if not crops:
         return p, e
-    images = torch.from_numpy(np.stack([batch[i].pixels for i in rows])).permute(0, 3, 1, 2)  # type: ignore[misc]
+    rows = [i for i, _ in crops]
+    images = stack_crops([c for _, c in crops], engine.device)
     features: list[torch.Tensor] = []
     forward = functools.partial(_logits_keeping_features, engine, classes, features) if projection else engine
     with torch.inference_mode():
@@ -219,9 +205,18 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progres
         return describe_part(store, key)
     keys = plan.parts()[index]
     device = device_for(config)
+    if config.precision == "auto":  # called on its own, not by classify_batch (which chooses once)
+        chosen = choose_serving_precision(config, read_card(store, plan.model_name, plan.model_version))
+        config = config.model_copy(update={"precision": chosen.precision})
     with _ENGINE_LOCK:
         engine, card = _cached_engine(
-            store.uri, plan.model_name, plan.model_version, str(device), config.engine, plan.embeddings
+            store.uri,
+            plan.model_name,
+            plan.model_version,
+            str(device),
+            config.engine,
+            config.precision,
+            plan.embeddings,
         )
         projection = _cached_projection(store.uri, plan.model_name, plan.model_version) if plan.embeddings else None
     objects = plan_objects(store, plan)
@@ -229,7 +224,7 @@ def classify_part(config: ClassifyConfig, plan: CatalogPlan, index: int, progres
         table = classify_images(
             store, plan.batch_id, keys, engine, card, batch_size=config.batch_size,
             workers=config.workers, low_confidence=plan.low_confidence, max_image_bytes=config.max_image_bytes,
-            tta=plan.tta, progress=bar.update, objects=objects, projection=projection,
+            tta=plan.tta, progress=bar.update, objects=objects, projection=projection, decode=config.decode,
         )  # fmt: skip
     return write_part(store, key, table)
 
@@ -329,6 +324,10 @@ def classify_batch(
         return existing, False
     plan = steps.run("plan-batch", plan_batch, store, config, card, batch_id)
     warnings = batch_warnings(store, card, batch_id)
+    if config.precision != "fp32":  # checked (an int8 copy built) once, before parts run in parallel
+        choice = steps.run("choose-precision", choose_serving_precision, config, card)
+        warnings += choice.warnings
+        config = config.model_copy(update={"precision": choice.precision})
     for setting in ("tta", "embeddings", "low_confidence"):  # an earlier, killed run's plan decides the rows
         if getattr(plan, setting) != getattr(config, setting):
             warnings.append(
@@ -365,6 +364,11 @@ def classify_pending(
         checked, skipped = scan_batches(store)  # every batch is checked for late arrivals
     for folder in skipped:
         log(f"warning: skipped {INCOMING}/{folder.folder}/: {folder.reason}")
+    if batches and config.precision == "auto":  # chosen once for the run, and said once
+        choice = steps.run("choose-precision", choose_serving_precision, config, card)
+        for note in choice.notes:
+            log(f"note: {note}")
+        config = config.model_copy(update={"precision": choice.precision})
     results = []
     for batch_id in batches:
         try:

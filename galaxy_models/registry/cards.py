@@ -17,6 +17,40 @@ from galaxy_models.metrics import Metrics
 from galaxy_models.models.preprocessing import Preprocessing
 from galaxy_models.storage import KeyNotFoundError, Store
 
+# The share of the validation split's classes a reduced precision must give exactly as fp32 does
+# before ``auto`` serves the model in it (``inference.precision``).
+MIN_PRECISION_AGREEMENT = 0.995
+
+
+class PrecisionCheck(BaseModel):
+    """How a reduced precision of a model (bf16, int8) agreed with fp32 on its validation split:
+    recorded in the card by the first engine that needed to know, so the check runs once per model."""
+
+    precision: str
+    split: str = "val"
+    images: int = Field(description="images of the split compared")
+    agreeing: int = Field(description="images given the same class as in fp32")
+    max_probability_difference: float
+    threshold: float = MIN_PRECISION_AGREEMENT
+    reference: str = Field(description="what the classes were compared with")
+    runtime: str = Field(description="the runtime and version that ran the reduced precision")
+    artifact_sha256: str | None = Field(None, description="sha256 of what was checked: the weights, or the int8 copy")
+    checked_at: datetime
+
+    @property
+    def agreement(self) -> float:
+        return self.agreeing / self.images if self.images else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.images > 0 and self.agreement >= self.threshold
+
+    def describe(self) -> str:
+        return (
+            f"{self.precision} gave {self.agreeing} of {self.images} images of the {self.split} split the fp32 class "
+            f"({100 * self.agreement:.2f}%, needs {100 * self.threshold:.1f}%)"
+        )
+
 
 class ModelCard(BaseModel):
     """What a published model is, how it was made, and how well it does."""
@@ -40,6 +74,21 @@ class ModelCard(BaseModel):
     training_images_per_second: float
     figures: list[str] = Field(description="PNG files beside the card")
     created_at: datetime
+    precision_checks: dict[str, PrecisionCheck] = Field(
+        default_factory=dict, description="reduced precisions checked against fp32 (bf16, int8), by name"
+    )
+
+
+def record_precision_check(store: Store, card: ModelCard, name: str, check: PrecisionCheck) -> ModelCard:
+    """Add ``check`` to the published card under ``name`` (compare-and-swap: a concurrent record is kept)."""
+    key = f"{model_prefix(card.name, card.version)}/card.json"
+    for _ in range(5):
+        data, tag = store.read_tagged(key)
+        current = ModelCard.model_validate_json(data)
+        updated = current.model_copy(update={"precision_checks": {**current.precision_checks, name: check}})
+        if store.replace_if(key, updated.model_dump_json(indent=2).encode(), tag):
+            return updated
+    raise RuntimeError(f"{store.url(key)} kept changing while its {check.precision} check was recorded; retry")
 
 
 class Production(BaseModel):

@@ -188,7 +188,8 @@ def test_a_bad_folder_does_not_block_the_other_batches(root: Path, tmp_path: Pat
     report = classify_pending(_config(root), progress=False, log=warnings.append)
     assert {r.manifest.batch_id for r in report.batches} == {BATCH, "synthetic-batch-002"}
     assert [s.folder for s in report.skipped] == ["bad batch"]
-    other = [w for w in warnings if "drifts from the training data" not in w]  # an untrained tiny model drifts
+    # an untrained tiny model drifts, and its bf16 may not agree with fp32 (a note, tests/inference/test_precision.py)
+    other = [w for w in warnings if "drifts from the training data" not in w and not w.startswith("note:")]
     assert other == [f"warning: skipped incoming/bad batch/: {report.skipped[0].reason}"]
     assert report.summary()["skipped"] == {"bad batch": report.skipped[0].reason}
     result = runner.invoke(app, ["classify", "--store", str(root), "--model", "cs_resnet_tiny"])

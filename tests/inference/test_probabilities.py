@@ -67,7 +67,7 @@ def _forward(root: Path, engine: str, card: ModelCard) -> tuple[nn.Module, objec
     model, _ = load_model(LocalStore(root), MODEL)
     if engine == "torch":
         return model, model
-    compiled, _ = _cached_engine(LocalStore(root).uri, MODEL, card.version, "cpu", "openvino")
+    compiled, _ = _cached_engine(LocalStore(root).uri, MODEL, card.version, "cpu", "openvino", "fp32")
     return model, compiled
 
 
@@ -86,7 +86,7 @@ def _classified(root: Path, **config: object) -> tuple[list[str], np.ndarray, di
 @pytest.mark.parametrize("engine", ENGINES)
 def test_every_engine_applies_the_cards_temperature(root: Path, engine: str) -> None:
     card = _with_temperature(root, 2.0)
-    keys, p, _ = _classified(root, engine=engine)
+    keys, p, _ = _classified(root, engine=engine, precision="fp32")  # the cached fp32 engine is compared
     model, forward = _forward(root, engine, card)
     inputs = _inputs(LocalStore(root), keys, card)
     with torch.inference_mode():
@@ -176,7 +176,7 @@ def test_a_tta_catalog_averages_the_calibrated_views(root: Path, engine: str) ->
     """The catalog's probabilities are the mean of softmax(logits / T) over the 8 views; OpenVINO,
     exported with a free batch dimension, takes the 8N batch."""
     card = _with_temperature(root, 1.5)
-    keys, p, manifest = _classified(root, engine=engine, tta=True, batch_size=8)
+    keys, p, manifest = _classified(root, engine=engine, precision="fp32", tta=True, batch_size=8)
     assert manifest["tta"] is True
     model, forward = _forward(root, engine, card)
     inputs = _inputs(LocalStore(root), keys, card)
