@@ -21,8 +21,28 @@ from galaxy_models.cli.app import (
 
 if TYPE_CHECKING:
     from galaxy_models.catalogs.drift import BatchDrift
+    from galaxy_models.inference.classify import ClassifyReport
 
 ModelOption = Annotated[str, typer.Option(help="NAME or NAME@VERSION (default version: production)")]
+DecodeOption = Annotated[
+    str, typer.Option(help="auto (torchvision on a GPU, else pillow), pillow or torchvision (JPEGs on the device)")
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (the fastest of int8, bf16 that agrees with fp32 on >= 99.5% of the model's validation "
+        "classes; checked once, recorded in its card), fp32, bf16 or int8 (openvino; builds the int8 copy)"
+    ),
+]
+TtaOption = Annotated[
+    bool, typer.Option("--tta", help="average the 8 rotated and mirrored views of each image (about 8x the compute)")
+]
+EmbeddingsOption = Annotated[
+    bool,
+    typer.Option(
+        "--embeddings", help="store each galaxy's 64-number embedding (PCA of the pooled features) for `similar`"
+    ),
+]
 
 
 @app.command()
@@ -34,33 +54,16 @@ def classify(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 64,
     workers: Annotated[int, typer.Option(help="image reading and decoding threads")] = 4,
-    decode: Annotated[
-        str, typer.Option(help="auto (torchvision on a GPU, else pillow), pillow or torchvision (JPEGs on the device)")
-    ] = "auto",
+    decode: DecodeOption = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     engine: Annotated[str, typer.Option(help="auto (openvino on a CPU where installed), torch or openvino")] = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="auto (the fastest of int8, bf16 that agrees with fp32 on >= 99.5% of the model's validation "
-            "classes; checked once, recorded in its card), fp32, bf16 or int8 (openvino; builds the int8 copy)"
-        ),
-    ] = "auto",
-    tta: Annotated[
-        bool,
-        typer.Option("--tta", help="average the 8 rotated and mirrored views of each image (about 8x the compute)"),
-    ] = False,
-    embeddings: Annotated[
-        bool,
-        typer.Option(
-            "--embeddings", help="store each galaxy's 64-number embedding (PCA of the pooled features) for `similar`"
-        ),
-    ] = False,
+    precision: PrecisionOption = "auto",
+    tta: TtaOption = False,
+    embeddings: EmbeddingsOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Classify survey batches into catalogs/<batch_id>/<model_version>/ (Parquet parts + manifest)."""
     from galaxy_models.catalogs.incoming import require_images
-    from galaxy_models.domain import FLAGS
     from galaxy_models.inference.config import ClassifyConfig
     from galaxy_models.registry.cards import resolve
 
@@ -73,12 +76,20 @@ def classify(
     for batch_id in config.batches or ():
         require_images(target, batch_id)
     from galaxy_models.inference.classify import classify_pending
-    from galaxy_models.inference.probabilities import card_temperature
 
     report = classify_pending(config, card=card, progress=not as_json, log=echo_err)
     if as_json:
         typer.echo(json.dumps(report.summary()))
         return
+    _print_classified(report, target.uri)
+
+
+def _print_classified(report: ClassifyReport, store_uri: str) -> None:
+    """The table of what ``classify`` did, one row per batch."""
+    from galaxy_models.domain import FLAGS
+    from galaxy_models.inference.probabilities import card_temperature
+
+    card = report.card
     if not report.batches:
         typer.echo(f"nothing to classify: every batch has a catalog for {card.name}/{card.version}")
         return
@@ -92,7 +103,7 @@ def classify(
     views = {"8 dihedral views (TTA)" if r.manifest.tta else "one view" for r in report.batches}
     typer.echo(
         f"model {card.name}/{card.version}, temperature {card_temperature(card):.3f}, {' / '.join(sorted(views))}; "
-        f"catalogs under {target.uri.rstrip('/')}/catalogs/"
+        f"catalogs under {store_uri.rstrip('/')}/catalogs/"
     )
 
 
