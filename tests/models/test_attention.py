@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -71,42 +74,21 @@ def test_bad_options_are_named() -> None:
     assert attention_factory(None) is None
 
 
-# The op-by-op CBAM the library had before it was made cheap: the paper's equations written directly.
-# The library's modules must compute the same outputs and gradients and load the same state dicts.
-class _ReferenceChannel(nn.Module):
-    def __init__(self, channels: int, reduction: int) -> None:
-        super().__init__()
-        hidden = max(channels // reduction, 1)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
-        return x * torch.sigmoid(avg + self.mlp(x.amax(dim=(2, 3), keepdim=True)))
+# The op-by-op CBAM the library had before it was made cheap: the paper's equations written directly,
+# kept in benchmarks/cbam.py (which measures the two against each other). The library's modules must
+# compute the same outputs and gradients and load the same state dicts.
+def _reference_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "cbam_benchmark", Path(__file__).parents[2] / "benchmarks" / "cbam.py"
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError("benchmarks/cbam.py not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class _ReferenceSpatial(nn.Module):
-    def __init__(self, kernel_size: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.norm = nn.BatchNorm2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stacked = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.norm(self.conv(stacked)))
-
-
-class _ReferenceCBAM(nn.Module):
-    def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7) -> None:
-        super().__init__()
-        self.channel = _ReferenceChannel(channels, reduction)
-        self.spatial = _ReferenceSpatial(kernel_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spatial(self.channel(x))
+_ReferenceCBAM = _reference_module().ReferenceCBAM
 
 
 def _twins(inplace: bool = False) -> tuple[_ReferenceCBAM, CBAM]:
