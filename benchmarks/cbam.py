@@ -16,7 +16,7 @@ training and 0.95x for inference). ``--openvino`` adds the inference throughput 
 by OpenVINO (``OpenVINOEngine``, the CPU engine of ``classify``) in the given precisions; ``--compile``
 adds CS_ResNet50 under ``torch.compile`` (the one-off compile time is reported, not counted).
 
-    .venv/bin/python benchmarks/cbam.py [--size 112] [--batch-size 32] [--rounds 5] [--openvino f32,bf16]
+    .venv/bin/python benchmarks/cbam.py [--size 112] [--batch-size 32] [--rounds 5] [--openvino fp32,bf16]
     .venv/bin/python benchmarks/cbam.py --size 64 --rounds 1 --steps 1 --openvino none   # a quick check
 
 Wall-clock throughput is the measure; the ratios are also given in process CPU time (all threads),
@@ -163,14 +163,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--channels-last", action="store_true", help="models and inputs in channels-last")
-    parser.add_argument("--openvino", default="f32,bf16", help="OpenVINO precisions to time, or 'none'")
+    parser.add_argument("--openvino", default="fp32,bf16", help="OpenVINO precisions to time, or 'none'")
     parser.add_argument("--compile", action="store_true", help="also time cs_resnet50 under torch.compile")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/cbam.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     precisions = [p for p in args.openvino.split(",") if p and p != "none"]
-    if unknown := set(precisions) - {"f32", "bf16"}:
-        raise SystemExit(f"--openvino takes f32, bf16 or none, not {sorted(unknown)!r}")
+    if unknown := set(precisions) - {"fp32", "bf16"}:
+        raise SystemExit(f"--openvino takes fp32, bf16 or none, not {sorted(unknown)!r}")
     if precisions and not openvino_available():
         raise SystemExit("--openvino asks for OpenVINO, which is not installed; pass --openvino none")
 

@@ -313,10 +313,12 @@ class ClassifyReport:
 
 def classify_batch(
     config: ClassifyConfig, batch_id: str, *, card: ModelCard | None = None, progress: bool = True,
-    steps: Steps = IN_PROCESS,
+    steps: Steps = IN_PROCESS, precision: PrecisionChoice | None = None,
 ) -> tuple[CatalogManifest, bool]:  # fmt: skip
     """Classify one batch into its catalog: returns the manifest and whether this call committed it
-    (False: an earlier or concurrent run did). Plan, parts and commit are steps of ``steps``."""
+    (False: an earlier or concurrent run did). Plan, parts and commit are steps of ``steps``.
+    ``precision``: the run's choice (``classify_pending`` makes it once for all its batches); None:
+    made here unless the config asks for fp32."""
     store = open_store(config.store)
     card = card or resolve_card(store, config)
     existing = read_catalog_manifest(store, batch_id, card.version)
@@ -324,10 +326,11 @@ def classify_batch(
         return existing, False
     plan = steps.run("plan-batch", plan_batch, store, config, card, batch_id)
     warnings = batch_warnings(store, card, batch_id)
-    if config.precision != "fp32":  # checked (an int8 copy built) once, before parts run in parallel
-        choice = steps.run("choose-precision", choose_serving_precision, config, card)
-        warnings += choice.warnings
-        config = config.model_copy(update={"precision": choice.precision})
+    if precision is None and config.precision != "fp32":  # before parts run in parallel
+        precision = steps.run("choose-precision", choose_serving_precision, config, card)
+    if precision is not None:
+        warnings += precision.warnings
+        config = config.model_copy(update={"precision": precision.precision})
     for setting in ("tta", "embeddings", "low_confidence"):  # an earlier, killed run's plan decides the rows
         if getattr(plan, setting) != getattr(config, setting):
             warnings.append(
@@ -364,15 +367,17 @@ def classify_pending(
         checked, skipped = scan_batches(store)  # every batch is checked for late arrivals
     for folder in skipped:
         log(f"warning: skipped {INCOMING}/{folder.folder}/: {folder.reason}")
-    if batches and config.precision == "auto":  # chosen once for the run, and said once
+    choice = None
+    if batches and config.precision != "fp32":  # chosen (an int8 copy built) once for the run, and said once
         choice = steps.run("choose-precision", choose_serving_precision, config, card)
         for note in choice.notes:
             log(f"note: {note}")
-        config = config.model_copy(update={"precision": choice.precision})
     results = []
     for batch_id in batches:
         try:
-            manifest, committed = classify_batch(config, batch_id, card=card, progress=progress, steps=steps)
+            manifest, committed = classify_batch(
+                config, batch_id, card=card, progress=progress, steps=steps, precision=choice
+            )
         except ObjectsError as err:
             if config.batches is not None:  # a batch asked for by name: its caller hears why
                 raise

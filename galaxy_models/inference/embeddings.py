@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from galaxy_models.catalogs.schema import EMBEDDING_SIZE
-from galaxy_models.data.manifest import read_manifest
+from galaxy_models.inference.agreement import NoSplitError, split_images
 from galaxy_models.models.preprocessing import to_model_input
 from galaxy_models.models.resnet import ResNet
 from galaxy_models.progress import progress_bar
@@ -95,23 +95,19 @@ def training_features(store: Store, card: ModelCard, model: nn.Module, *, batch_
     Raises:
         KeyNotFoundError: if the training dataset is not in ``store``.
     """
-    from galaxy_models.data.loader import make_loader
-
-    name, version = card.dataset.get("name", ""), card.dataset.get("version", "")
-    try:
-        manifest = read_manifest(store, name, version)
-    except KeyNotFoundError as err:
-        raise KeyNotFoundError(
-            f"embeddings for {card.name}/{card.version} need a projection fitted on its training split, "
-            f"and dataset {name}/{version} is not in {store.uri}: {err}"
-        ) from err
-    loader = make_loader(store, manifest, "train", batch_size=batch_size, train=False, workers=0, distributed=False)
+    name = card.dataset.get("name", "")
     features = []
     model = model.eval()
-    with torch.inference_mode():
-        for images, _ in progress_bar(loader, desc=f"embedding projection ({name} train)", unit="batch"):
-            x = to_model_input(images, card.preprocessing, torch.device("cpu"), False)
-            features.append(model.forward_features(x).float().numpy())  # type: ignore[operator]
+    try:
+        with torch.inference_mode():
+            batches = split_images(store, card, "train", batch_size=batch_size)  # streamed, read once
+            for images in progress_bar(batches, desc=f"embedding projection ({name} train)", unit="batch"):
+                x = to_model_input(images, card.preprocessing, torch.device("cpu"), False)
+                features.append(model.forward_features(x).float().numpy())  # type: ignore[operator]
+    except NoSplitError as err:
+        raise KeyNotFoundError(
+            f"embeddings for {card.name}/{card.version} need a projection fitted on its training split: {err}"
+        ) from err
     return np.concatenate(features) if features else np.zeros((0, 0))
 
 

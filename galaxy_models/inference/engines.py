@@ -112,6 +112,8 @@ class OpenVINOEngine:
 
         if precision == "auto":
             precision = "bf16" if cpu_has_bf16() else "fp32"
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"unknown OpenVINO precision {precision!r}; known: auto, fp32, bf16, int8")
         if precision == "int8" and isinstance(model, nn.Module):
             raise ValueError("precision 'int8' needs a quantised OpenVINO graph (inference.quantization), not a module")
         self.precision: str = precision

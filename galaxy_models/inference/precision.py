@@ -28,7 +28,7 @@ from torch import nn
 from galaxy_models.inference.agreement import NoSplitError, measure_agreement
 from galaxy_models.inference.config import EngineName, PrecisionName
 from galaxy_models.inference.embeddings import WithFeatures
-from galaxy_models.inference.engines import Engine, OpenVINOEngine, TorchEngine, cpu_has_bf16, engine_for
+from galaxy_models.inference.engines import Engine, OpenVINOEngine, cpu_has_bf16, create_engine, engine_for
 from galaxy_models.inference.quantization import (
     DEFAULT_CALIBRATION_IMAGES,
     build_int8_copy,
@@ -170,14 +170,17 @@ def _as_asked(precision: str, engine: str, check: PrecisionCheck | None) -> Prec
 def _candidates(store: Store, card: ModelCard, device: torch.device, engine: str) -> list[tuple[str, str]]:
     """Reduced precisions worth checking, fastest first, each with the sha256 of what its check must
     have checked: the int8 copy, or the weights."""
+    if engine == "torch" and device.type != "cuda":
+        return []
+    weights = weights_sha256(store, card)  # read and hashed once: a ResNet50's weights are about 100 MB
     if engine == "torch":
-        return [("bf16", weights_sha256(store, card))] if device.type == "cuda" else []
+        return [("bf16", weights)]
     found: list[tuple[str, str]] = []
-    copy = read_int8_copy(store, card)
+    copy = read_int8_copy(store, card, weights)
     if copy is not None:
         found.append(("int8", copy[1].sha256))
     if cpu_has_bf16():
-        found.append(("bf16", weights_sha256(store, card)))
+        found.append(("bf16", weights))
     return found
 
 
@@ -195,6 +198,6 @@ def serving_engine(
         if found is None:
             raise RuntimeError(f"the int8 copy of {card.name}/{card.version} could not be read back after building it")
         return OpenVINOEngine(found[0], card.preprocessing.input_size, precision="int8", outputs=outputs)
-    if engine == "openvino":
-        return OpenVINOEngine(model, card.preprocessing.input_size, precision="bf16" if precision == "bf16" else "fp32")
-    return TorchEngine(model, device, precision="bf16" if precision == "bf16" else "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; known: fp32, bf16, int8")
+    return create_engine(model, device, card.preprocessing.input_size, engine, precision)  # type: ignore[arg-type]

@@ -68,9 +68,10 @@ def weights_sha256(store: Store, card: ModelCard) -> str:
     return hashlib.sha256(store.read_bytes(f"{model_prefix(card.name, card.version)}/model.pt")).hexdigest()
 
 
-def read_int8_copy(store: Store, card: ModelCard) -> tuple[Any, Int8Copy] | None:
+def read_int8_copy(store: Store, card: ModelCard, weights_sha: str | None = None) -> tuple[Any, Int8Copy] | None:
     """The model's int8 graph (an ``openvino.Model``) and its record, or None where it has no usable
-    copy: none built, built from other weights, or its files do not match its record."""
+    copy: none built, built from other weights, or its files do not match its record. ``weights_sha``:
+    the sha256 of the model's weights, where the caller has it already."""
     import openvino as ov
 
     try:
@@ -81,7 +82,7 @@ def read_int8_copy(store: Store, card: ModelCard) -> tuple[Any, Int8Copy] | None
         return None
     if (hashlib.sha256(xml).hexdigest(), hashlib.sha256(weights).hexdigest()) != (meta.xml_sha256, meta.bin_sha256):
         return None
-    if meta.weights_sha256 != weights_sha256(store, card):
+    if meta.weights_sha256 != (weights_sha or weights_sha256(store, card)):
         return None
     graph = ov.Core().read_model(model=xml.decode(), weights=ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
     return graph, meta

@@ -28,7 +28,7 @@ def _model() -> torch.nn.Module:
 @needs_openvino
 def test_openvino_fp32_matches_eager_pytorch_for_any_batch_size() -> None:
     model = _model()
-    engine = OpenVINOEngine(model, 64, precision="f32")
+    engine = OpenVINOEngine(model, 64, precision="fp32")
     inputs = torch.randn(7, 3, 64, 64)
     with torch.inference_mode():
         expected = model(inputs)
@@ -43,7 +43,7 @@ def test_openvino_fp32_matches_eager_pytorch_for_any_batch_size() -> None:
 def test_openvino_in_the_cpus_best_precision_stays_close() -> None:
     model = _model()
     engine = OpenVINOEngine(model, 64)
-    assert engine.precision in ("bf16", "f32")
+    assert engine.precision in ("bf16", "fp32")
     inputs = torch.randn(16, 3, 64, 64)
     with torch.inference_mode():
         expected = torch.softmax(model(inputs), dim=1)
@@ -88,7 +88,7 @@ def test_catalog_rows_from_openvino_agree_with_eager_pytorch(trained_store: Path
 @needs_openvino
 def test_one_openvino_engine_serves_threads_at_once() -> None:
     model = _model()
-    engine = OpenVINOEngine(model, 64, precision="f32")
+    engine = OpenVINOEngine(model, 64, precision="fp32")
     inputs = [torch.randn(4, 3, 64, 64) for _ in range(4)]
     expected = [engine(x) for x in inputs]
     with ThreadPoolExecutor(max_workers=4) as pool:
