@@ -124,6 +124,26 @@ def prepare_image(
     )
 
 
+def check_header(
+    image: Image.Image, expected_format: str, name: str, crop_size: int, expected_size: int | None, max_pixels: int
+) -> None:
+    """The checks an opened (not yet decoded) image must pass: its format is the one its file name
+    says, it is not a decompression bomb, it has the expected size and room for the crop.
+
+    Raises:
+        ImageRejected: saying which check failed.
+    """
+    if image.format != expected_format:
+        raise ImageRejected(f"{image.format} data in a file named {name!r}")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected(f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}")
+    if expected_size is not None and (width, height) != (expected_size, expected_size):
+        raise ImageRejected(f"size {width}x{height}, expected {expected_size}x{expected_size}")
+    if width < crop_size or height < crop_size:
+        raise ImageRejected(f"size {width}x{height} is smaller than the {crop_size}x{crop_size} crop")
+
+
 def crop_image(
     data: bytes,
     *,
@@ -150,15 +170,8 @@ def crop_image(
             raise ImageRejected("not a JPEG or PNG image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageRejected(f"decompression bomb: {err}") from None
-        if image.format != expected_format:
-            raise ImageRejected(f"{image.format} data in a file named {name!r}")
+        check_header(image, expected_format, name, crop_size, expected_size, max_pixels)
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageRejected(f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}")
-        if expected_size is not None and (width, height) != (expected_size, expected_size):
-            raise ImageRejected(f"size {width}x{height}, expected {expected_size}x{expected_size}")
-        if width < crop_size or height < crop_size:
-            raise ImageRejected(f"size {width}x{height} is smaller than the {crop_size}x{crop_size} crop")
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as err:

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from galaxy_models.data.images import DEFAULT_MAX_PIXELS, ImageRejected, crop_image, read_image_bytes
+from galaxy_models.data.images import DEFAULT_MAX_PIXELS, ImageRejected, check_header, crop_image, read_image_bytes
 from galaxy_models.domain import galaxy_id_from_key, is_name
 from galaxy_models.inference.config import DecodeName
 from galaxy_models.storage import KeyNotFoundError, Store
@@ -202,12 +202,14 @@ def _device_size(data: bytes, name: str, crop_size: int) -> tuple[int, int] | No
             image = Image.open(io.BytesIO(data), formats=["JPEG"])  # the header only
         except Exception:  # whatever it is, crop_image meets it too and reports (or raises) it
             return None
-    width, height = image.size
-    plain = image.format == "JPEG" and image.mode == "RGB" and getattr(image, "bits", 8) == 8
+        try:  # the checks crop_image makes, on the same header
+            check_header(image, "JPEG", name, crop_size, EXPECTED_SIZE, DEFAULT_MAX_PIXELS)
+        except ImageRejected:
+            return None
+    plain = image.mode == "RGB" and getattr(image, "bits", 8) == 8
     # progressive, and RGB stored without a colour transform (Adobe transform 0), are left to Pillow
     plain = plain and not image.info.get("progressive") and image.info.get("adobe_transform", 1) != 0
-    fits = (width, height) == (EXPECTED_SIZE, EXPECTED_SIZE) and width * height <= DEFAULT_MAX_PIXELS
-    return (width, height) if plain and fits and min(width, height) >= crop_size else None
+    return image.size if plain else None
 
 
 def _crop(jpeg: _Jpeg, image: torch.Tensor | None, crop_size: int) -> Decoded:
