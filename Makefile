@@ -59,9 +59,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The suite runs in two pytest processes. In one process of all ~450 tests, the process itself
+# The suite runs in three pytest processes. In one process of all ~450 tests, the process itself
 # segfaulted in the last training tests (3 of 3 runs on 2026-11-29; gdb: corrupted interpreter state
-# in plain Python calls, no thread of ours running); each half below, with the training tests, passes.
+# in plain Python calls, no thread of ours running); each part below, with the training tests, passes.
 # The cause is not found yet; see the closing note of issue 11.
 TEST_FIRST := tests/catalogs tests/data tests/inference
 TEST_E2E := tests/e2e
