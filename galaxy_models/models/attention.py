@@ -71,13 +71,14 @@ class ChannelAttention(nn.Module):
         """The gate (N, C, 1, 1) from the average and max descriptors stacked on the batch (2N, C)."""
         squeeze, excite = cast(nn.Conv2d, self.mlp[0]), cast(nn.Conv2d, self.mlp[2])
         both = F.linear(F.relu(F.linear(pooled, squeeze.weight.flatten(1))), excite.weight.flatten(1))
-        return torch.sigmoid(both.view(2, -1, both.shape[1]).sum(dim=0))[:, :, None, None]
+        n = both.shape[0] // 2  # an addition, not sum(): CUDA autocast runs sum in fp32
+        return torch.sigmoid(both[:n] + both[n:])[:, :, None, None]
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_descriptors(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x)
+        gate = self.gate(x).to(x.dtype)  # autocast may compute the small graph wider; x keeps its dtype
         return x.mul_(gate) if self.inplace and not torch.is_grad_enabled() else x * gate
 
 
@@ -100,7 +101,7 @@ class SpatialAttention(nn.Module):
         return self.from_maps(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x)
+        gate = self.gate(x).to(x.dtype)
         if self.inplace and not torch.is_grad_enabled() and not _observed(self):
             return x.mul_(gate)
         return x * gate
@@ -134,12 +135,14 @@ class _FusedCBAM(torch.autograd.Function):
         with torch.enable_grad():
             pooled = torch.cat([x.mean(dim=(2, 3)), peak.view(n, c)]).requires_grad_()
             channel_gate = cbam.channel.from_descriptors(pooled)
-        out = x * channel_gate.detach()
+        # the gates in x's dtype: under autocast their small graphs may run wider (fp32), and every
+        # full-size tensor and gradient here stays in the activations' dtype
+        out = x * channel_gate.detach().to(x.dtype)
         map_peak, map_peak_at = out.max(dim=1, keepdim=True)
         with torch.enable_grad():
             maps = torch.cat([out.mean(dim=1, keepdim=True), map_peak], dim=1).requires_grad_()
             spatial_gate = cbam.spatial.from_maps(maps)
-        out.mul_(spatial_gate.detach())
+        out.mul_(spatial_gate.detach().to(x.dtype))
         ctx.save_for_backward(x, peak_at, map_peak_at)
         ctx.graphs = (pooled, channel_gate, maps, spatial_gate)
         ctx.params = params
@@ -151,17 +154,19 @@ class _FusedCBAM(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, peak_at, map_peak_at = ctx.saved_tensors
         pooled, channel_graph, maps, spatial_graph = ctx.graphs
-        channel_gate, spatial_gate = channel_graph.detach(), spatial_graph.detach()
+        channel_gate, spatial_gate = channel_graph.detach().to(x.dtype), spatial_graph.detach().to(x.dtype)
         spatial_params, channel_params = ctx.params[ctx.channel_params :], ctx.params[: ctx.channel_params]
         n, c, h, w = x.shape
         # out = y * spatial_gate, y = x * channel_gate: the spatial gate's gradient sums grad * y over channels
         buffer = torch.mul(grad, x).mul_(channel_gate)
         d_maps, d_spatial = _small_grads(spatial_graph, maps, spatial_params, buffer.sum(dim=1, keepdim=True))
+        d_maps = d_maps.to(x.dtype)
         # y's gradient, in the same buffer: through the product, the channel mean and the channel max
         d_y = torch.addcmul(d_maps[:, :1] / c, grad, spatial_gate, out=buffer)
         d_y.scatter_add_(1, map_peak_at, d_maps[:, 1:])
         d_cg = (d_y * x).sum(dim=(2, 3), keepdim=True)
         d_pooled, d_channel = _small_grads(channel_graph, pooled, channel_params, d_cg)
+        d_pooled = d_pooled.to(x.dtype)
         # x's gradient, in the same buffer: through the product, the positions' mean and their max
         d_x = torch.addcmul((d_pooled[:n] / (h * w))[:, :, None, None], d_y, channel_gate, out=d_y)
         rows = torch.arange(n, device=x.device)[:, None].expand(n, c)
@@ -177,7 +182,7 @@ def _small_grads(
     """Gradients of a gate's small graph for its input leaf and those of ``params`` that need them."""
     wanted = [p for p in params if p.requires_grad]
     # retain_graph: the small graphs live as long as ctx, so a retained outer graph can run backward again
-    grads = torch.autograd.grad(output, [leaf, *wanted], grad, retain_graph=True)
+    grads = torch.autograd.grad(output, [leaf, *wanted], grad.to(output.dtype), retain_graph=True)
     found = iter(grads[1:])
     return grads[0], [next(found) if p.requires_grad else None for p in params]
 

@@ -198,6 +198,28 @@ def test_frozen_attention_parameters_get_no_gradient(features: torch.Tensor) -> 
     assert all(p.grad is None for p in module.channel.parameters())
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_gates_computed_wider_leave_the_activations_dtype(
+    features: torch.Tensor, train: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's bf16 autocast runs some of the gates' small ops in fp32 (``sum`` among them): the gates may
+    come out wider than the activations. Simulated here on the CPU with gates made fp32 for bf16 inputs:
+    outputs and input gradients stay bf16, and the fused backward (index_put, scatter_add) runs."""
+    wide_channel, wide_spatial = ChannelAttention.from_descriptors, SpatialAttention.from_maps
+    monkeypatch.setattr(ChannelAttention, "from_descriptors", lambda self, p: wide_channel(self, p).float())
+    monkeypatch.setattr(SpatialAttention, "from_maps", lambda self, m: wide_spatial(self, m).float())
+    module = CBAM(32, reduction=8).to(torch.bfloat16).train(train)  # out of place: a product would widen
+    x = features.to(torch.bfloat16).requires_grad_(train)
+    with torch.set_grad_enabled(train):
+        out = module(x if train else x.clone())
+    assert out.dtype == torch.bfloat16
+    if train:
+        out.float().square().sum().backward()
+        assert x.grad is not None
+        assert x.grad.dtype == torch.bfloat16
+        assert module.spatial.conv.weight.grad is not None
+
+
 def _reference_cs_resnet(layers: tuple[int, int, int, int], base_width: int) -> ResNet:
     return ResNet(layers=layers, base_width=base_width, attention=partial(_ReferenceCBAM, reduction=16, kernel_size=7))
 
