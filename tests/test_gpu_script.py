@@ -151,3 +151,35 @@ def test_the_compiled_cbam_network_agrees_with_eager(cuda: Any) -> None:
         eager = torch.softmax(model(x).float(), dim=1)
         compiled = torch.softmax(torch.compile(model)(x).float(), dim=1)
     assert (eager - compiled).abs().max().item() < 0.02  # bf16 rounding, fused differently
+
+
+@pytest.mark.gpu
+def test_a_checkpoint_written_on_the_gpu_resumes_there(cuda: Any, tmp_path: Path) -> None:
+    """A restarted GPU run: weights and optimiser state come back on the GPU, the random generators
+    (CUDA's too) come back as they were saved."""
+    import torch
+
+    from galaxy_models.storage import LocalStore
+    from galaxy_models.training.checkpoints import Trainables, TrainingState
+
+    def trainables() -> Trainables:
+        model = torch.nn.Linear(4, 3).to(cuda)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return Trainables(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False))
+
+    store = LocalStore(tmp_path)
+    saved = trainables()
+    saved.model(torch.randn(2, 4, device=cuda)).sum().backward()
+    saved.optimizer.step()
+    TrainingState(epoch=1).save(store, "runs/gpu/checkpoint.pt", saved)
+    expected = torch.cuda.get_rng_state()
+    torch.randn(3, device=cuda)  # moves the CUDA generator on
+    fresh = trainables()
+    restored = TrainingState.restore(store, "runs/gpu/checkpoint.pt", fresh)
+    assert restored is not None
+    assert restored.epoch == 1
+    assert torch.equal(fresh.model.weight, saved.model.weight)
+    assert fresh.model.weight.is_cuda
+    assert fresh.optimizer.state[fresh.model.weight]["momentum_buffer"].is_cuda
+    assert torch.equal(torch.cuda.get_rng_state(), expected)

@@ -89,11 +89,13 @@ class TrainingState:
         )
 
     @classmethod
-    def restore(cls, store: Store, key: str, trainables: Trainables, device: torch.device) -> TrainingState | None:
+    def restore(cls, store: Store, key: str, trainables: Trainables) -> TrainingState | None:
         """Load the checkpoint at ``key`` into ``trainables`` and every random generator; None if
         there is none (a fresh run)."""
         try:
-            state = load_checkpoint(store, key, map_location=device)
+            # on the CPU: the random generators' states must stay CPU byte tensors (set_rng_state refuses
+            # CUDA ones), and load_state_dict moves weights and optimiser state to their parameters' device
+            state = load_checkpoint(store, key, map_location="cpu")
         except KeyNotFoundError:
             return None
         trainables.model.load_state_dict(state["model"])

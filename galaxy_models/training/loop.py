@@ -96,7 +96,7 @@ def _train(config: TrainConfig, processes: Processes, *, progress: bool, log: Lo
         record_config(store, config, run_id)
     configure_backends(config, processes.device)
     run = _prepare(config, processes, store, manifest, run_id)
-    restored = TrainingState.restore(store, f"{run.prefix}/checkpoint.pt", run.trainables, processes.device)
+    restored = TrainingState.restore(store, f"{run.prefix}/checkpoint.pt", run.trainables)
     if processes.main:
         _announce(run, restored, log)
     state = restored or TrainingState()

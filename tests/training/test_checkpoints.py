@@ -55,7 +55,7 @@ def test_save_then_restore_brings_back_modules_state_and_generators(tmp_path: Pa
     expected = (random.random(), torch.rand(1))
 
     fresh = _trainables(seed=2)
-    restored = TrainingState.restore(store, "runs/x/checkpoint.pt", fresh, torch.device("cpu"))
+    restored = TrainingState.restore(store, "runs/x/checkpoint.pt", fresh)
     assert restored is not None
     assert (restored.epoch, restored.best_epoch, restored.best_f1, restored.history) == (1, 0, 0.7, state.history)
     assert restored.threads == torch.get_num_threads()
@@ -67,4 +67,4 @@ def test_save_then_restore_brings_back_modules_state_and_generators(tmp_path: Pa
         "model", "optimizer", "scheduler", "scaler", "epoch", "best_f1", "best_epoch", "history", "seconds", "rng",
         "threads",
     }  # fmt: skip
-    assert TrainingState.restore(store, "runs/y/checkpoint.pt", fresh, torch.device("cpu")) is None
+    assert TrainingState.restore(store, "runs/y/checkpoint.pt", fresh) is None
