@@ -101,7 +101,8 @@ def choose_serving_precision(config: ClassifyConfig, card: ModelCard) -> Precisi
 
     def build(precision: str) -> Engine:
         with _ENGINE_LOCK:
-            return _cached_engine(store.uri, card.name, card.version, str(device), config.engine, precision)[0]
+            # every argument given, as classify_part gives them: lru_cache keys on the arguments as passed
+            return _cached_engine(store.uri, card.name, card.version, str(device), config.engine, precision, False)[0]
 
     def network() -> torch.nn.Module:
         return load_model(store, card.name, card.version)[0]
