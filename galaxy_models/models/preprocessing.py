@@ -11,6 +11,7 @@ their callers have always imported it already.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -63,12 +64,24 @@ def standardize(
 
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise TypeError(f"standardize expects a uint8 (N, 3, H, W) batch, got {images.dtype} {tuple(images.shape)}")
-    std = torch.tensor(preprocessing.std, device=images.device).view(1, 3, 1, 1)
-    scale = 1.0 / (255.0 * std)
-    shift = -torch.tensor(preprocessing.mean, device=images.device).view(1, 3, 1, 1) / std
+    scale, shift = _scale_and_shift(images.device, tuple(preprocessing.mean), tuple(preprocessing.std))
     memory_format = torch.contiguous_format if memory_format is None else memory_format
     x = images.to(torch.float32, memory_format=memory_format) if out is None else out.copy_(images)
     return x.mul_(scale).add_(shift)
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_and_shift(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, 3, 1, 1) factors of ``standardize`` on ``device``, made once: building them from Python
+    lists copies from pageable memory, which on a GPU waits for every queued kernel, once per batch."""
+    import torch
+
+    deviation = torch.tensor(std).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * deviation)
+    shift = -torch.tensor(mean).view(1, 3, 1, 1) / deviation
+    return scale.to(device), shift.to(device)
 
 
 def to_model_input(
