@@ -77,6 +77,7 @@ else
         --target "$work/site" "$carry"/wheels/*.whl
     export PYTHONPATH="$work/site"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    df -h /dev/shm || true  # the loader workers' batches pass through it
     # each group in its own process under its own cap; compile last, as the likeliest to overrun
     groups=("train,loader,infer_shards" "sanity,infer_jpeg" "compile")
     caps=(80 150 120)
