@@ -116,7 +116,11 @@ def test_int8_copy_is_built_once_checked_recorded_and_rebuilt_when_the_weights_c
     shutil.copytree(root, twin)
     int8, _ = classify_batch(_config(root), BATCH, card=card, progress=False)
     fp32, _ = classify_batch(_config(twin, precision="fp32"), BATCH, progress=False)
-    assert int8.classes == fp32.classes
+    # the check promises 99.5% of the validation split's classes, not every row of every batch: int8's
+    # rounding may move a galaxy that sits on a class boundary (one of these 30 in fp32 does)
+    moved = sum(abs(int8.classes.get(c, 0) - fp32.classes.get(c, 0)) for c in {*int8.classes, *fp32.classes}) / 2
+    assert moved <= 1, (int8.classes, fp32.classes)
+    assert sum(int8.classes.values()) == sum(fp32.classes.values())
     # new weights: the copy is stale, auto does not serve it, and int8 asked for builds it again
     _rewrite_head(root, "outlier")
     _cached_engine.cache_clear()
