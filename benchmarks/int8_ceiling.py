@@ -20,29 +20,18 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import openvino as ov
 import torch
-from precision import DEFAULT_MODELS, SURVEY, forward_inputs, scratch_store
+from precision import DEFAULT_MODELS, SURVEY, forward_inputs, forward_rate, scratch_store, survey_store
 
 from galaxy_models.inference.engines import OpenVINOEngine, TorchEngine
 from galaxy_models.inference.precision import ensure_int8_copy
 from galaxy_models.inference.quantization import read_int8_copy
 from galaxy_models.registry.weights import load_model
-from galaxy_models.storage import LocalStore
-
-
-def rate(engine: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Tensor]) -> float:
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for x in inputs:
-            engine(x)
-    return sum(len(x) for x in inputs) / (time.perf_counter() - started)
 
 
 def node_seconds(graph: ov.Model, inputs: list[torch.Tensor], threads: int) -> Counter[str]:
@@ -74,10 +63,7 @@ def main() -> None:
     name, version = args.model.split("@")
     paths = sorted(SURVEY.glob("batch-*/*.jpg"))[: args.images]
     with tempfile.TemporaryDirectory() as tmp:
-        survey = LocalStore(Path(tmp) / "survey")
-        keys = [f"incoming/survey/{p.name}" for p in paths]
-        for key, path in zip(keys, paths, strict=True):
-            survey.write_bytes(key, path.read_bytes())
+        survey, keys = survey_store(Path(tmp) / "survey", paths)
         store = scratch_store(args.store, name, version, Path(tmp) / "store", args.size)
         model, card = load_model(store, name, version)
         check = ensure_int8_copy(store, card, model)
@@ -96,7 +82,7 @@ def main() -> None:
     rounds: dict[str, list[float]] = {label: [] for label in engines}
     for _ in range(args.rounds):
         for label, engine in engines.items():
-            rounds[label].append(rate(engine, inputs))
+            rounds[label].append(forward_rate(engine, inputs))
     rates = {label: statistics.median(r) for label, r in rounds.items()}
     eager = rates["eager fp32 (torch)"]
     seconds = node_seconds(copy[0], inputs, threads)

@@ -74,6 +74,24 @@ def forward_inputs(survey: LocalStore, keys: list[str], card: ModelCard, batch: 
     ]
 
 
+def survey_store(root: Path, paths: list[Path]) -> tuple[LocalStore, list[str]]:
+    """A store at ``root`` holding the survey JPEGs ``paths`` as one incoming batch, and their keys."""
+    survey = LocalStore(root)
+    keys = [f"incoming/survey/{p.name}" for p in paths]
+    for key, path in zip(keys, paths, strict=True):
+        survey.write_bytes(key, path.read_bytes())
+    return survey, keys
+
+
+def forward_rate(engine: Engine, inputs: list[torch.Tensor]) -> float:
+    """Images/s of ``engine`` alone over ``inputs`` (preprocessed batches), one pass."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for x in inputs:
+            engine(x)
+    return sum(len(x) for x in inputs) / (time.perf_counter() - started)
+
+
 def probabilities(table: pa.Table) -> np.ndarray:
     return np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in PROBABILITY_COLUMNS], axis=1)
 
@@ -102,12 +120,8 @@ def measure(args: argparse.Namespace, ref: str, survey: LocalStore, keys: list[s
         base_rate = base_forward = 0.0
         inputs = forward_inputs(survey, keys[: args.forward_images], card)
         for label, engine in engines.items():
-            started = time.perf_counter()
-            with torch.inference_mode():
-                for x in inputs:
-                    engine(x)
-            forward_rate = sum(len(x) for x in inputs) / (time.perf_counter() - started)
-            base_forward = base_forward or forward_rate
+            forward = forward_rate(engine, inputs)
+            base_forward = base_forward or forward
             started = time.perf_counter()
             table = classify_images(survey, "survey", keys, engine, card, batch_size=args.batch_size, workers=2)
             seconds = time.perf_counter() - started
@@ -117,8 +131,8 @@ def measure(args: argparse.Namespace, ref: str, survey: LocalStore, keys: list[s
             rate = len(keys) / seconds
             rows.append({
                 "engine": label, "images": len(keys), "seconds": round(seconds, 2), "images_per_second": rate,
-                "speedup": rate / base_rate, "forward_images_per_second": forward_rate,
-                "forward_speedup": forward_rate / base_forward,
+                "speedup": rate / base_rate, "forward_images_per_second": forward,
+                "forward_speedup": forward / base_forward,
                 "same_class": float((p.argmax(1) == reference.argmax(1)).mean()),
                 "differing": int((p.argmax(1) != reference.argmax(1)).sum()),
                 "max_probability_difference": float(np.abs(p - reference).max()),
@@ -145,10 +159,7 @@ def main() -> None:
     paths = sorted(SURVEY.glob("batch-*/*.jpg"))
     paths = paths[: args.n] if args.n else paths
     with tempfile.TemporaryDirectory() as tmp:
-        survey = LocalStore(tmp)
-        keys = [f"incoming/survey/{p.name}" for p in paths]
-        for key, path in zip(keys, paths, strict=True):
-            survey.write_bytes(key, path.read_bytes())
+        survey, keys = survey_store(Path(tmp), paths)
         results = [measure(args, ref, survey, keys) for ref in args.models]
     threads = torch.get_num_threads()
     print(f"\n{len(paths)} real survey images, JPEG bytes to catalog rows, {threads} CPU threads, "

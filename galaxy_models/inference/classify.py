@@ -79,12 +79,13 @@ _ENGINE_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _cached_engine(
-    store_uri: str, name: str, version: str, device: str, engine: EngineName, precision: str, embeddings: bool = False
+    store_uri: str, name: str, version: str, device: str, engine: EngineName, precision: str, embeddings: bool
 ) -> tuple[Engine, ModelCard]:
     """One compiled copy of a model per process and precision (a Dask worker runs many parts); callers
     hold ``_ENGINE_LOCK`` so that threads classifying at once build it once. ``precision``: fp32, bf16 or
     int8, as ``choose_serving_precision`` decided. With ``embeddings`` the engine returns the logits
-    followed by the pooled features (``embeddings.WithFeatures``)."""
+    followed by the pooled features (``embeddings.WithFeatures``). No argument has a default: lru_cache
+    keys on the arguments as passed, so a call leaving one out would build a second engine."""
     store = open_store(store_uri)
     model, card = load_model(store, name, version)
     network = WithFeatures(model) if embeddings else model
@@ -101,7 +102,6 @@ def choose_serving_precision(config: ClassifyConfig, card: ModelCard) -> Precisi
 
     def build(precision: str) -> Engine:
         with _ENGINE_LOCK:
-            # every argument given, as classify_part gives them: lru_cache keys on the arguments as passed
             return _cached_engine(store.uri, card.name, card.version, str(device), config.engine, precision, False)[0]
 
     def network() -> torch.nn.Module:

@@ -52,6 +52,15 @@ def _observed(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
+def _apply_gate(module: ChannelAttention | SpatialAttention, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x * gate``, in ``x``'s dtype (autocast may compute the small graph wider), in place where the module
+    allows it, nothing needs ``x`` for gradients and no hook may look at it."""
+    gate = gate.to(x.dtype)
+    if module.inplace and not torch.is_grad_enabled() and not _observed(module):
+        return x.mul_(gate)
+    return x * gate
+
+
 class ChannelAttention(nn.Module):
     """Reweights channels: ``x * sigmoid(mlp(avgpool(x)) + mlp(maxpool(x)))``."""
 
@@ -78,8 +87,7 @@ class ChannelAttention(nn.Module):
         return self.from_descriptors(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x).to(x.dtype)  # autocast may compute the small graph wider; x keeps its dtype
-        return x.mul_(gate) if self.inplace and not torch.is_grad_enabled() else x * gate
+        return _apply_gate(self, x, self.gate(x))
 
 
 class SpatialAttention(nn.Module):
@@ -101,10 +109,7 @@ class SpatialAttention(nn.Module):
         return self.from_maps(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x).to(x.dtype)
-        if self.inplace and not torch.is_grad_enabled() and not _observed(self):
-            return x.mul_(gate)
-        return x * gate
+        return _apply_gate(self, x, self.gate(x))
 
 
 class CBAM(nn.Module):

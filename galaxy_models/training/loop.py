@@ -153,7 +153,7 @@ def _prepare(config: TrainConfig, processes: Processes, store: Store, manifest: 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     device = processes.device
-    channels_last = True if config.channels_last is None else config.channels_last
+    channels_last = config.channels_last is not False  # None: the default, channels-last
     autocast_dtype = autocast_dtype_for(config, device)
     model = create_model(config.model, num_classes=len(CLASS_NAMES))
     if config.init_from is not None:

@@ -67,7 +67,7 @@ def _forward(root: Path, engine: str, card: ModelCard) -> tuple[nn.Module, objec
     model, _ = load_model(LocalStore(root), MODEL)
     if engine == "torch":
         return model, model
-    compiled, _ = _cached_engine(LocalStore(root).uri, MODEL, card.version, "cpu", "openvino", "fp32")
+    compiled, _ = _cached_engine(LocalStore(root).uri, MODEL, card.version, "cpu", "openvino", "fp32", False)
     return model, compiled
 
 
